@@ -1,0 +1,82 @@
+"""The MySQL/MariaDB backend plugin: `mysql://user:password@host:3306/dbname`."""
+
+from __future__ import annotations
+
+import re
+
+import peewee
+import pymysql
+from playhouse.pool import PooledMySQLDatabase
+
+from pylight import hookimpl
+from pylight.backend import Backend
+from pylight.errors import ApiError
+
+# Strict mode: without it MySQL stores '' or 0 for bad or missing values
+# instead of refusing them.
+SQL_MODE = (
+    "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
+    "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+)
+_DISCONNECT = {1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+_BAD_VALUE = {1048, 1264, 1292, 1364, 1366, 1406, 3140, 3819, 4025}
+_COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
+
+
+class MysqlBackend(Backend):
+    name = "MySQL"
+    schemes = ("mysql", "mariadb")
+
+    def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
+        kwargs = self.connect_kwargs(url)
+        database = kwargs.pop("database")
+        kwargs.setdefault("connect_timeout", max(int(connect_timeout), 1))
+        kwargs.setdefault("charset", "utf8mb4")
+        kwargs.setdefault("sql_mode", SQL_MODE)
+        return PooledMySQLDatabase(
+            database, max_connections=pool_size, stale_timeout=300, **kwargs
+        )
+
+    def current_schema_sql(self) -> str:
+        return "DATABASE()"
+
+    def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
+        # Compare bytes so the result does not depend on the column's collation
+        # (utf8mb4's default ignores case and accents).
+        if case_insensitive:
+            return peewee.Expression(
+                peewee.fn.LOWER(field), "LIKE BINARY", peewee.fn.LOWER(peewee.Value(pattern))
+            )
+        return peewee.Expression(field, "LIKE BINARY", pattern)
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        err = self.driver_error(exc)
+        if isinstance(err, pymysql.err.InterfaceError):
+            return True
+        if isinstance(err, pymysql.err.OperationalError):
+            return bool(err.args) and err.args[0] in _DISCONNECT
+        return False
+
+    def classify_error(self, exc: BaseException) -> ApiError | None:
+        err = self.driver_error(exc)
+        if not isinstance(err, pymysql.err.MySQLError):
+            return None
+        errno = err.args[0] if err.args else None
+        message = str(err.args[1]) if len(err.args) > 1 else ""
+        if errno == 1062:
+            return self.unique_conflict(message)
+        if errno in (1451, 1452, 1216, 1217):
+            return self.foreign_key_conflict(message)
+        if errno in (1048, 1364):
+            match = _COLUMN.search(message)
+            return self.not_null(match.group(1) if match else None)
+        if errno in _BAD_VALUE:
+            return self.bad_value(message)
+        if self.is_disconnect(exc):
+            return self.down()
+        return None
+
+
+@hookimpl
+def pylight_database_backends() -> list[Backend]:
+    return [MysqlBackend()]

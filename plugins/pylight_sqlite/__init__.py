@@ -1,0 +1,150 @@
+"""The SQLite backend plugin: `sqlite:///relative/path.db`, `sqlite:////absolute.db`."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from decimal import Decimal
+
+import peewee
+from playhouse.pool import PooledSqliteDatabase
+
+from pylight import hookimpl
+from pylight.backend import Backend, declared_precision
+from pylight.errors import ApiError, StartupError
+
+# Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
+# column turns back into a number.
+sqlite3.register_adapter(Decimal, str)
+
+_TYPES = {
+    "timestamp": peewee.DateTimeField,
+    "timestamptz": peewee.DateTimeField,
+    "double": peewee.DoubleField,
+    "double precision": peewee.DoubleField,
+    "uuid": peewee.TextField,
+    "json": peewee.TextField,
+    "clob": peewee.TextField,
+    "nvarchar": peewee.CharField,
+    "tinyint": peewee.IntegerField,
+    "mediumint": peewee.IntegerField,
+}
+
+
+class SqliteBackend(Backend):
+    name = "SQLite"
+    schemes = ("sqlite",)
+    supports_returning = sqlite3.sqlite_version_info >= (3, 35, 0)
+    supports_for_update = False  # writers are serialised by BEGIN IMMEDIATE instead
+
+    def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
+        path = self.path(url)
+        kwargs = {}
+        if path == ":memory:":
+            # Every pooled connection must see the same in-memory database.
+            path = f"file:pylight-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            kwargs["uri"] = True
+        else:
+            parent = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise StartupError(f"cannot create the directory {parent} for {url}: {exc}") from None
+        return PooledSqliteDatabase(
+            path,
+            max_connections=pool_size,
+            timeout=max(connect_timeout, 1.0),
+            returning_clause=self.supports_returning,
+            check_same_thread=False,
+            pragmas={"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 5000},
+            **kwargs,
+        )
+
+    @staticmethod
+    def path(url: str) -> str:
+        rest = url.split("://", 1)[1] if "://" in url else ""
+        rest = rest.split("?", 1)[0]
+        if not rest.startswith("/") or len(rest) < 2:
+            raise StartupError(
+                f"database url {url!r} names no file (expected sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db)"
+            )
+        return rest[1:]
+
+    def describe(self, db: peewee.Database) -> str:
+        return f"SQLite database {db.database}"
+
+    def begin_write(self, db: peewee.Database) -> None:
+        # Take the write lock up front: a deferred transaction that reads and
+        # then writes can fail with SQLITE_BUSY instead of waiting its turn.
+        db.execute_sql("BEGIN IMMEDIATE")
+
+    def numeric_scales(self, db: peewee.Database, table: str) -> dict[str, tuple[int | None, int | None]]:
+        scales = {}
+        for column in db.get_columns(table):
+            declared = (column.data_type or "").lower()
+            if declared.startswith(("decimal", "numeric")):
+                scales[column.name] = declared_precision(declared)
+        return scales
+
+    def field_for_unknown(self, raw_type: str) -> type[peewee.Field] | None:
+        base = (raw_type or "").lower().split("(", 1)[0].strip()
+        return _TYPES.get(base)
+
+    def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
+        if case_insensitive:
+            return peewee.Expression(
+                field, "LIKE", peewee.NodeList((peewee.Value(pattern), peewee.SQL("ESCAPE '\\'")))
+            )
+        # LIKE is case-insensitive on SQLite; GLOB is the case-sensitive match.
+        glob = _like_to_glob(pattern)
+        return peewee.Expression(field, "GLOB", glob)
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        err = self.driver_error(exc)
+        text = str(err).lower()
+        return isinstance(err, sqlite3.OperationalError) and (
+            "unable to open" in text or "disk i/o" in text or "database is locked" in text
+        )
+
+    def classify_error(self, exc: BaseException) -> ApiError | None:
+        err = self.driver_error(exc)
+        text = str(err)
+        if isinstance(err, sqlite3.IntegrityError):
+            if text.startswith("UNIQUE") or "PRIMARY KEY" in text:
+                return self.unique_conflict(text)
+            if text.startswith("FOREIGN KEY"):
+                return self.foreign_key_conflict(text)
+            if text.startswith("NOT NULL"):
+                return self.not_null(text.rsplit(".", 1)[-1] if ":" in text else None)
+            return self.bad_value(text)
+        if isinstance(err, (OverflowError, sqlite3.DataError)):
+            return self.bad_value(text)
+        if self.is_disconnect(exc):
+            return self.down()
+        return None
+
+
+def _like_to_glob(pattern: str) -> str:
+    """Turn a LIKE pattern (``%``, ``_``, backslash escapes) into a GLOB pattern."""
+    out = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            literal = next(chars, "\\")
+            out.append({"*": "[*]", "?": "[?]", "[": "[[]"}.get(literal, literal))
+        elif ch == "%":
+            out.append("*")
+        elif ch == "_":
+            out.append("?")
+        elif ch in "*?[":
+            out.append(f"[{ch}]")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@hookimpl
+def pylight_database_backends() -> list[Backend]:
+    return [SqliteBackend()]

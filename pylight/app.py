@@ -1,0 +1,147 @@
+"""The running server: opens the database, reflects it, builds the Tornado app and serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+import pluggy
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from pylight import demo, openapi, rest
+from pylight.backend import Backend, redact_url, url_scheme
+from pylight.config import Config
+from pylight.db import Database
+from pylight.errors import StartupError
+from pylight.handlers import NotFoundHandler
+from pylight.hub import Hub
+from pylight.schema import TableInfo, reflect
+
+log = logging.getLogger("pylight")
+
+
+def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
+    """The backend plugin serving ``url``'s scheme (the latest registered wins)."""
+    schemes: dict[str, Backend] = {}
+    for offered in pm.hook.pylight_database_backends():
+        for backend in offered or []:
+            for scheme in backend.schemes:
+                schemes.setdefault(scheme, backend)
+    scheme = url_scheme(url)
+    if scheme not in schemes:
+        known = ", ".join(sorted(schemes)) or "none installed"
+        raise StartupError(
+            f"database url {redact_url(url)!r}: unknown scheme {scheme!r} "
+            f"(known: {known}); install or load the plugin for it"
+        )
+    return schemes[scheme]
+
+
+async def _await_all(results: list[Any]) -> None:
+    for result in results:
+        if inspect.isawaitable(result):
+            await result
+
+
+class Pylight:
+    """One Pylight server: configuration, plugins, database, tables and hub."""
+
+    def __init__(self, config: Config, pm: pluggy.PluginManager) -> None:
+        self.config = config
+        self.pm = pm
+        self.hub = Hub()
+        self.backend: Backend = choose_backend(pm, config.database.url)
+        self.db: Database
+        self.tables: dict[str, TableInfo] = {}
+        self.server: HTTPServer | None = None
+        self._openapi: dict[str, Any] | None = None
+
+    # -- blocking start-up steps ----------------------------------------------
+    def open(self) -> None:
+        """Connect, seed the demo if asked and reflect the tables (blocking)."""
+        settings = self.config.database
+        raw = self.backend.open(settings.url, settings.pool_size, settings.connect_timeout)
+        self.db = Database(raw, self.backend, settings.url, settings.pool_size)
+        self.db.check_connection()
+        if settings.seed_demo:
+            demo.seed(raw)
+        with raw.connection_context():
+            self.tables = reflect(raw, self.backend, self.config)
+
+    # -- the Tornado application ---------------------------------------------------
+    def make_app(self) -> tornado.web.Application:
+        handlers: list[Any] = []
+        for extra in self.pm.hook.pylight_routes(app=self):
+            handlers.extend(extra or [])
+        handlers.extend(rest.routes(self.config.api.prefix, self))
+        return tornado.web.Application(
+            handlers,
+            default_handler_class=NotFoundHandler,
+            default_handler_args={"app": self},
+            compress_response=False,
+        )
+
+    def describe_table(self, table: TableInfo) -> dict[str, Any]:
+        api, realtime = self.config.api, self.config.realtime
+        return {
+            "name": table.name,
+            "primary_key": table.primary_key,
+            "columns": [column.describe() for column in table.columns.values()],
+            "view": table.is_view,
+            "read_only": not table.writable,
+            "url": f"{api.prefix}/{table.name}",
+            "ws": f"{realtime.prefix}/{table.name}" if realtime.enabled else None,
+        }
+
+    def openapi(self) -> dict[str, Any]:
+        if self._openapi is None:
+            self._openapi = openapi.build(self.tables, self.config.api.prefix)
+        return self._openapi
+
+    # -- serving ---------------------------------------------------------------
+    async def start(self, sockets: list[Any] | None = None) -> None:
+        """Listen (on ``sockets`` if given) and run the start-up hooks."""
+        await _await_all(self.pm.hook.pylight_startup(app=self))
+        server = self.config.server
+        self.server = HTTPServer(
+            self.make_app(),
+            # Bodies are streamed and limited by the handlers, which answer 413;
+            # this only stops a client streaming forever.
+            max_body_size=max(self.config.api.max_body_bytes * 4, 64 * 1024 * 1024),
+            idle_connection_timeout=server.idle_timeout,
+            body_timeout=server.body_timeout,
+            xheaders=False,
+        )
+        if sockets is not None:
+            self.server.add_sockets(sockets)
+        else:
+            try:
+                self.server.listen(server.port, server.host)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}; "
+                    "choose another --port or stop what uses it"
+                ) from None
+
+    def log_ready(self, port: int) -> None:
+        host = self.config.server.host
+        base = f"http://{host}:{port}"
+        for table in self.tables.values():
+            kind = "view" if table.is_view else "table"
+            flags = " (read-only)" if table.writable is False and not table.is_view else ""
+            log.info("exposing %s %s at %s%s/%s%s", kind, table.name, base,
+                     self.config.api.prefix, table.name, flags)
+        if not self.tables:
+            log.warning("the database has no tables to expose")
+        log.info("Pylight serving %s on %s%s/ (database: %s)", self.backend.name, base,
+                 self.config.api.prefix, redact_url(self.config.database.url))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            await self.server.close_all_connections()
+        await _await_all(self.pm.hook.pylight_shutdown(app=self))
+        await asyncio.get_running_loop().run_in_executor(None, self.db.close)

@@ -1,0 +1,163 @@
+"""What a database backend plugin provides: opening, reflecting types and mapping errors."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import peewee
+from playhouse.db_url import parse as parse_db_url
+
+from pylight.errors import ApiError, StartupError, conflict, unavailable, unprocessable
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for log lines and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def url_scheme(url: str) -> str:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    return scheme.split("+", 1)[0]
+
+
+class Backend:
+    """Base class of database backends; a backend plugin returns instances of a subclass.
+
+    A subclass sets ``name`` and ``schemes`` and implements :meth:`open`,
+    :meth:`classify_error` and :meth:`is_disconnect`; the other methods have
+    defaults that suit a server database with ``information_schema``.
+    """
+
+    name = "generic"
+    schemes: tuple[str, ...] = ()
+    #: ``INSERT/UPDATE ... RETURNING`` gives back the stored row in one round trip.
+    supports_returning = False
+    #: ``SELECT ... FOR UPDATE`` locks the row read before an update or delete.
+    supports_for_update = True
+
+    # -- opening ---------------------------------------------------------
+    def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
+        """A pooled peewee database for ``url`` with at most ``pool_size`` connections."""
+        raise NotImplementedError
+
+    def connect_kwargs(self, url: str) -> dict[str, Any]:
+        """Connection keywords from a server URL (user, password, host, port, database)."""
+        try:
+            kwargs = parse_db_url(url)
+        except Exception as exc:
+            raise StartupError(f"database url {redact_url(url)} is malformed: {exc}") from None
+        if not kwargs.get("database"):
+            raise StartupError(
+                f"database url {redact_url(url)} names no database "
+                f"(expected {self.schemes[0]}://user:password@host:port/dbname)"
+            )
+        if kwargs.get("password"):
+            kwargs["password"] = unquote(kwargs["password"])
+        return kwargs
+
+    def describe(self, db: peewee.Database) -> str:
+        """Where the database lives, for the 'cannot connect' start-up line."""
+        params = getattr(db, "connect_params", {})
+        host = params.get("host", "localhost")
+        port = params.get("port")
+        where = f"{host}:{port}" if port else str(host)
+        return f"{self.name} database {db.database!r} on {where}"
+
+    # -- per-connection work ------------------------------------------------
+    def begin_write(self, db: peewee.Database) -> None:
+        """Start the transaction of a write."""
+        db.begin()
+
+    # -- reflection ---------------------------------------------------------
+    def numeric_scales(self, db: peewee.Database, table: str) -> dict[str, tuple[int | None, int | None]]:
+        """``{column: (precision, scale)}`` for the DECIMAL/NUMERIC columns of ``table``."""
+        cursor = db.execute_sql(
+            "SELECT column_name, numeric_precision, numeric_scale "
+            "FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = " + self.current_schema_sql()
+            + " AND data_type IN ('numeric', 'decimal')",
+            (table,),
+        )
+        return {name: (precision, scale) for name, precision, scale in cursor.fetchall()}
+
+    def current_schema_sql(self) -> str:
+        return "current_schema()"
+
+    def field_for_unknown(self, raw_type: str) -> type[peewee.Field] | None:
+        """A field class for a column type peewee's reflection does not know, or None."""
+        return None
+
+    # -- query pieces ---------------------------------------------------------
+    def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
+        """``field LIKE pattern``; ``pattern`` uses SQL ``%``/``_`` escaped with a backslash."""
+        op = "ILIKE" if case_insensitive else "LIKE"
+        return peewee.Expression(
+            field, op, peewee.NodeList((peewee.Value(pattern), peewee.SQL("ESCAPE '\\'")))
+        )
+
+    # -- errors ------------------------------------------------------------
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """True when ``exc`` means the connection or the server is gone."""
+        return False
+
+    def classify_error(self, exc: BaseException) -> ApiError | None:
+        """Map a driver error to the contract's 409/422/503, or None if it is a bug."""
+        return None
+
+    # helpers for subclasses
+    @staticmethod
+    def driver_error(exc: BaseException) -> BaseException:
+        """The DB-API exception peewee wrapped (peewee passes it as the first argument)."""
+        if isinstance(exc, peewee.PeeweeException) and exc.args and isinstance(
+            exc.args[0], BaseException
+        ):
+            return exc.args[0]
+        return exc
+
+    @staticmethod
+    def unique_conflict(detail: str = "") -> ApiError:
+        return conflict("a row with the same unique value already exists", reason=detail or "unique")
+
+    @staticmethod
+    def foreign_key_conflict(detail: str = "") -> ApiError:
+        return conflict(
+            "the change violates a foreign-key reference", reason=detail or "foreign_key"
+        )
+
+    @staticmethod
+    def not_null(column: str | None) -> ApiError:
+        if column:
+            return unprocessable(f"column {column!r} may not be null", column=column)
+        return unprocessable("a column that may not be null got no value")
+
+    @staticmethod
+    def bad_value(message: str) -> ApiError:
+        first = message.strip().splitlines()[0] if message.strip() else "invalid value"
+        return unprocessable(f"the database rejected a value: {first}")
+
+    @staticmethod
+    def down() -> ApiError:
+        return unavailable("the database is unreachable; retry shortly")
+
+
+_DECL_PARAMS = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
+
+
+def declared_precision(declared: str) -> tuple[int | None, int | None]:
+    """``(precision, scale)`` from a declared type such as ``NUMERIC(10, 2)``."""
+    match = _DECL_PARAMS.search(declared or "")
+    if not match:
+        return None, None
+    precision = int(match.group(1))
+    scale = int(match.group(2)) if match.group(2) is not None else 0
+    return precision, scale

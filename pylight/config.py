@@ -1,0 +1,238 @@
+"""Reads the ini file, environment and command line into frozen, typed settings."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pylight.errors import StartupError
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field carrying its help text, so the reference is written once."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(8000, "TCP port to listen on")
+    idle_timeout: float = setting(60.0, "seconds an idle keep-alive HTTP connection is kept")
+    body_timeout: float = setting(30.0, "seconds a client may take to send a request body")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = setting("sqlite:///var/demo.db", "database URL: sqlite:///path, postgresql://, mysql://")
+    seed_demo: bool = setting(False, "create and seed the demo tables when the database is empty")
+    pool_size: int = setting(8, "connections (and worker threads) for blocking database calls")
+    connect_timeout: float = setting(5.0, "seconds to wait when opening a database connection")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    prefix: str = setting("/api", "URL prefix of the REST API")
+    tables: list[str] = setting(["*"], "tables to expose: * or a comma-separated list")
+    exclude: list[str] = setting([], "tables never exposed")
+    default_limit: int = setting(50, "rows per page when the request names no limit")
+    max_limit: int = setting(1000, "the largest limit a request may ask for")
+    max_body_bytes: int = setting(1048576, "largest request body accepted, in bytes")
+    cors_origins: list[str] = setting([], "origins allowed by CORS: * or a list of origins")
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    enabled: bool = setting(True, "serve WebSocket change feeds")
+    prefix: str = setting("/ws", "URL prefix of the WebSocket feeds")
+    heartbeat_interval: float = setting(20.0, "seconds between server pings")
+    heartbeat_timeout: float = setting(10.0, "seconds without a pong before a connection is dropped")
+    replay_buffer: int = setting(10000, "recent changes kept per table for since= resume")
+    max_pending: int = setting(1000, "undelivered messages per connection before it is dropped")
+    allowed_origins: list[str] = setting([], "WebSocket Origin allow-list (empty: same host only)")
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    load: list[str] = setting([], "extra plugin modules to load, comma separated")
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    hidden: list[str] = setting([], "columns never read, written or sent")
+    read_only: bool = setting(False, "refuse writes to this table with 405")
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "api": ApiSettings,
+    "realtime": RealtimeSettings,
+    "plugins": PluginSettings,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
+    plugins: PluginSettings = field(default_factory=PluginSettings)
+    tables: dict[str, TableSettings] = field(default_factory=dict)
+    # Raw `[plugin:NAME]` sections; each plugin validates its own keys.
+    plugin_sections: dict[str, dict[str, str]] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def table(self, name: str) -> TableSettings:
+        return self.tables.get(name, TableSettings())
+
+    def plugin_section(self, name: str) -> dict[str, str]:
+        """The one accessor plugins use to read their `[plugin:NAME]` settings."""
+        return dict(self.plugin_sections.get(name, {}))
+
+
+def _convert(raw: str, kind: Any, where: str) -> Any:
+    text = raw.strip()
+    if kind is bool or kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise StartupError(f"{where}: expected true or false, got {raw!r}")
+    if kind is int or kind == "int":
+        try:
+            value = int(text)
+        except ValueError:
+            raise StartupError(f"{where}: expected a whole number, got {raw!r}") from None
+        if value < 0:
+            raise StartupError(f"{where}: must not be negative, got {value}")
+        return value
+    if kind is float or kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise StartupError(f"{where}: expected a number of seconds, got {raw!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise StartupError(f"{where}: must be a finite number >= 0, got {raw!r}")
+        return value
+    if kind in ("list[str]", list[str]):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def _build(cls: type, values: dict[str, str], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, raw in values.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise StartupError(f"{where}: unknown key {key!r} (known keys: {known})")
+        kwargs[key] = _convert(raw, fields[key].type, f"{where} key {key!r}")
+    return cls(**kwargs)
+
+
+def _check(config: Config) -> None:
+    where = config.source
+    if not 1 <= config.server.port <= 65535 and config.server.port != 0:
+        raise StartupError(f"{where}: [server] port must be between 1 and 65535")
+    if config.database.pool_size < 1:
+        raise StartupError(f"{where}: [database] pool_size must be at least 1")
+    if config.api.default_limit < 1 or config.api.max_limit < config.api.default_limit:
+        raise StartupError(
+            f"{where}: [api] default_limit must be >= 1 and no larger than max_limit"
+        )
+    for section in ("api", "realtime"):
+        prefix = getattr(config, section).prefix
+        if not prefix.startswith("/") or prefix.endswith("/") and prefix != "/":
+            raise StartupError(
+                f"{where}: [{section}] prefix must start with '/' and not end with one, "
+                f"got {prefix!r}"
+            )
+    if config.realtime.heartbeat_interval <= 0:
+        raise StartupError(f"{where}: [realtime] heartbeat_interval must be greater than 0")
+
+
+def load_config(
+    path: str | None,
+    overrides: dict[tuple[str, str], str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Read `path`, then `PYLIGHT_<SECTION>_<KEY>` variables, then `overrides` (the CLI)."""
+    environ = os.environ if environ is None else environ
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#"), strict=True
+    )
+    source = path or "<defaults>"
+    if path is not None:
+        if not os.path.isfile(path):
+            raise StartupError(f"config file {path} not found (pass --conf with an existing file)")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                parser.read_file(fh, source=path)
+        except configparser.Error as exc:
+            first = str(exc).splitlines()[0]
+            raise StartupError(f"config file {path} is malformed: {first}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"config file {path} cannot be read: {exc}") from None
+
+    raw: dict[str, dict[str, str]] = {}
+    tables: dict[str, dict[str, str]] = {}
+    plugin_sections: dict[str, dict[str, str]] = {}
+    for section in parser.sections():
+        values = dict(parser.items(section))
+        if section in SECTIONS:
+            raw[section] = values
+        elif section.startswith("table:") and section[6:].strip():
+            tables[section[6:].strip()] = values
+        elif section.startswith("plugin:") and section[7:].strip():
+            plugin_sections[section[7:].strip()] = values
+        else:
+            known = ", ".join(f"[{name}]" for name in SECTIONS)
+            raise StartupError(
+                f"{source}: unknown section [{section}] "
+                f"(known: {known}, [table:NAME], [plugin:NAME])"
+            )
+
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            env_name = f"PYLIGHT_{section.upper()}_{f.name.upper()}"
+            if env_name in environ:
+                raw.setdefault(section, {})[f.name] = environ[env_name]
+    for (section, key), value in (overrides or {}).items():
+        raw.setdefault(section, {})[key] = value
+
+    built = {
+        section: _build(cls, raw.get(section, {}), f"{source} [{section}]")
+        for section, cls in SECTIONS.items()
+    }
+    table_settings = {
+        name: _build(TableSettings, values, f"{source} [table:{name}]")
+        for name, values in tables.items()
+    }
+    config = Config(
+        **built, tables=table_settings, plugin_sections=plugin_sections, source=source
+    )
+    _check(config)
+    return config
+
+
+def reference() -> str:
+    """Every setting with its default and help, for the README and `--help-config`."""
+    lines = []
+    for section, cls in [*SECTIONS.items(), ("table:NAME", TableSettings)]:
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if isinstance(default, list):
+                default = ", ".join(default)
+            elif isinstance(default, bool):
+                default = str(default).lower()
+            lines.append(f"{f.name} = {default}    ; {f.metadata['help']}")
+        lines.append("")
+    return "\n".join(lines)

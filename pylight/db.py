@@ -1,0 +1,132 @@
+"""Runs blocking peewee work off the event loop: one executor, pooled connections, mapped errors.
+
+Reads run in autocommit; a write runs in one transaction whose commit and
+the hand-over of its change to the hub happen under a per-table lock, so the
+order changes reach the hub is the order their transactions committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import peewee
+from tornado.ioloop import IOLoop
+
+from pylight.backend import Backend, redact_url
+from pylight.errors import ApiError, StartupError
+
+log = logging.getLogger("pylight")
+T = TypeVar("T")
+
+
+class Database:
+    def __init__(self, db: peewee.Database, backend: Backend, url: str, pool_size: int) -> None:
+        self.db = db
+        self.backend = backend
+        self.url = url
+        self.executor = ThreadPoolExecutor(pool_size, thread_name_prefix="pylight-db")
+        self._commit_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._loop: IOLoop | None = None
+
+    # -- start-up ------------------------------------------------------------
+    def check_connection(self) -> None:
+        """Open one connection now, so an unreachable database is a start-up error."""
+        try:
+            with self.db.connection_context():
+                self.db.execute_sql("SELECT 1")
+        except Exception as exc:
+            reason = str(self.backend.driver_error(exc)).strip().splitlines()
+            raise StartupError(
+                f"cannot connect to the {self.backend.describe(self.db)} "
+                f"({redact_url(self.url)}): {reason[0] if reason else type(exc).__name__}; "
+                "check that the server is running and the URL is right"
+            ) from None
+
+    def bind_loop(self, loop: IOLoop) -> None:
+        self._loop = loop
+
+    # -- running work ----------------------------------------------------------
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on a pooled connection in a worker thread."""
+        loop = IOLoop.current()
+        return await loop.run_in_executor(self.executor, self._run, fn, args, None, None)
+
+    async def write(self, table: str, fn: Callable[..., tuple[T, list[Any]]], *args: Any,
+                    publish: Callable[[Any], None] | None = None) -> T:
+        """Run ``fn(*args)`` in a transaction; ``fn`` returns ``(result, changes)``.
+
+        After the commit, each change is handed to ``publish`` on the IOLoop,
+        in commit order. A rolled-back transaction publishes nothing.
+        """
+        loop = IOLoop.current()
+        return await loop.run_in_executor(self.executor, self._run, fn, args, table,
+                                          (loop, publish))
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str | None,
+             publish: tuple[IOLoop, Callable[[Any], None] | None] | None) -> Any:
+        for attempt in (1, 2):
+            stage = {"committing": False}
+            try:
+                with self.db.connection_context():
+                    try:
+                        if table is None:
+                            return fn(*args)
+                        return self._transaction(fn, args, table, publish, stage)
+                    except Exception as exc:
+                        if self.backend.is_disconnect(exc):
+                            # Drop this connection and the idle ones: after a
+                            # server restart they are all dead.
+                            self.db.manual_close()
+                            self.db.close_idle()
+                        raise
+            except ApiError:
+                raise
+            except Exception as exc:
+                # A dead pooled connection fails the first statement; one retry
+                # on a fresh connection hides a database restart from clients.
+                # Never retry once COMMIT was sent: it may have succeeded.
+                if attempt == 1 and not stage["committing"] and self.backend.is_disconnect(exc):
+                    log.warning("database connection lost (%s); retrying once",
+                                str(self.backend.driver_error(exc)).strip()[:200])
+                    continue
+                mapped = self.backend.classify_error(exc)
+                if mapped is not None:
+                    raise mapped from None
+                if self.backend.is_disconnect(exc) or isinstance(exc, peewee.InterfaceError):
+                    raise self.backend.down() from None
+                raise
+        raise AssertionError("unreachable")
+
+    def _transaction(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str,
+                     publish: tuple[IOLoop, Callable[[Any], None] | None] | None,
+                     stage: dict[str, bool]) -> Any:
+        db = self.db
+        self.backend.begin_write(db)
+        try:
+            result, changes = fn(*args)
+        except BaseException:
+            try:
+                db.rollback()
+            except Exception:
+                pass
+            raise
+        with self._commit_locks[table]:
+            stage["committing"] = True
+            db.commit()
+            if changes and publish is not None and publish[1] is not None:
+                loop, callback = publish
+                for change in changes:
+                    loop.add_callback(callback, change)
+        return result
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.db.close_all()
+        except Exception:
+            log.debug("closing the pool failed", exc_info=True)

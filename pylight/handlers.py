@@ -1,0 +1,164 @@
+"""The base request handler: JSON errors, body limits and CORS for every Pylight route."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from pylight import values
+from pylight.errors import ApiError, bad_request
+
+if TYPE_CHECKING:
+    from pylight.app import Pylight
+
+log = logging.getLogger("pylight")
+
+_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+            415: "unsupported_media_type", 422: "unprocessable", 503: "unavailable"}
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    """Streams the body so an oversized one is answered 413 (Tornado's own limit
+    would drop the connection without a response)."""
+
+    app: Pylight
+
+    def initialize(self, app: Pylight) -> None:
+        self.app = app
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    # -- request body --------------------------------------------------------
+    def prepare(self) -> None:
+        limit = self.app.config.api.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise bad_request("Content-Length is not a number")
+            if int(length) > limit:
+                raise ApiError(413, "payload_too_large",
+                               f"the body is larger than the limit of {limit} bytes",
+                               {"limit": limit})
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._size += len(chunk)
+        limit = self.app.config.api.max_body_bytes
+        if self._size > limit:
+            self._chunks = []
+            self.send_api_error(ApiError(413, "payload_too_large",
+                                         f"the body is larger than the limit of {limit} bytes",
+                                         {"limit": limit}))
+            return
+        self._chunks.append(chunk)
+
+    def json_body(self) -> Any:
+        raw = b"".join(self._chunks)
+        content_type = self.request.headers.get("Content-Type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise ApiError(415, "unsupported_media_type",
+                           "send the body as JSON with Content-Type: application/json",
+                           {"content_type": content_type[:100]})
+        if not raw.strip():
+            raise bad_request("the body is empty; send a JSON object")
+        try:
+            return values.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise bad_request("the body is not valid UTF-8") from None
+        except (ValueError, RecursionError) as exc:
+            raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
+
+    # -- responses ------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self._cors()
+        self.finish(values.dumps(payload))
+
+    def send_api_error(self, error: ApiError) -> None:
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self._cors()
+        self.finish(values.dumps(error.to_dict()))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            error = exc
+        elif status_code >= 500:
+            error = ApiError(500, "internal_error",
+                             "the server failed to handle this request; it has been logged")
+        else:
+            message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else (
+                self._reason)
+            error = ApiError(status_code, _REASONS.get(status_code, "error"), str(message))
+            if status_code == 405:
+                error.details = {"method": self.request.method}
+        self.send_api_error(error)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, (ApiError, HTTPError)):
+            log.debug("%s %s -> %s", self.request.method, self.request.uri, value)
+            return
+        super().log_exception(typ, value, tb)
+
+    # -- CORS -------------------------------------------------------------------
+    def _allowed_origin(self) -> str | None:
+        origins = self.app.config.api.cors_origins
+        origin = self.request.headers.get("Origin")
+        if not origins or not origin:
+            return None
+        if "*" in origins:
+            return "*"
+        return origin if origin in origins else None
+
+    def _cors(self) -> None:
+        allowed = self._allowed_origin()
+        if allowed:
+            self.set_header("Access-Control-Allow-Origin", allowed)
+            self.set_header("Access-Control-Expose-Headers", "Location, Retry-After")
+            if allowed != "*":
+                self.add_header("Vary", "Origin")
+
+    def options(self, *args: Any) -> None:
+        if self._finished:
+            return
+        allowed = self._allowed_origin()
+        if allowed is None:
+            raise ApiError(403 if self.app.config.api.cors_origins else 405,
+                           "forbidden" if self.app.config.api.cors_origins else
+                           "method_not_allowed",
+                           "cross-origin requests from this origin are not allowed"
+                           if self.app.config.api.cors_origins else
+                           "CORS is not enabled ([api] cors_origins)")
+        self.set_status(204)
+        self._cors()
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers",
+                        self.request.headers.get("Access-Control-Request-Headers",
+                                                 "Content-Type, Authorization"))
+        self.set_header("Access-Control-Max-Age", "600")
+        self.finish()
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route matches: a JSON 404 rather than Tornado's HTML page."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.request.method == "OPTIONS":
+            return
+        raise ApiError(404, "not_found", f"no such path: {self.request.path[:200]}")

@@ -1,0 +1,46 @@
+"""Builds the plugin manager: hook specifications, entry points and `[plugins] load`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+import pluggy
+
+from pylight import hookspecs
+from pylight.errors import StartupError
+
+PROJECT = "pylight"
+
+
+def make_plugin_manager(load: Iterable[str] = (), entry_points: bool = True) -> pluggy.PluginManager:
+    """The one place a plugin manager is made.
+
+    Plugins come from the ``pylight`` entry-point group (the bundled backends
+    and formatter among them) and from the modules named in ``[plugins] load``.
+    ``check_pending()`` turns a misspelled hook implementation into a start-up
+    error instead of a hook that silently never runs.
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if entry_points:
+        try:
+            pm.load_setuptools_entrypoints(PROJECT)
+        except Exception as exc:  # a broken installed plugin must not be a traceback
+            raise StartupError(f"an installed pylight plugin failed to load: {exc}") from None
+    for name in load:
+        if pm.has_plugin(name):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise StartupError(
+                f"[plugins] load: cannot import plugin module {name!r} ({exc}); "
+                "check the name and that it is installed"
+            ) from None
+        pm.register(module, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise StartupError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from None
+    return pm

@@ -1,0 +1,436 @@
+"""The query language: parsed and validated once, compiled to SQL or evaluated on a record.
+
+REST lists and WebSocket subscriptions both go through :func:`parse_filters`,
+so a filter means the same thing in both places. Every column name is checked
+against the table, every value is coerced to its column's type, and values
+only ever reach SQL as bound parameters.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import peewee
+
+from pylight import values
+from pylight.backend import Backend
+from pylight.errors import bad_request
+from pylight.schema import ColumnInfo, TableInfo
+
+COMPARISONS = ("eq", "neq", "gt", "gte", "lt", "lte")
+OPERATORS = (*COMPARISONS, "like", "ilike", "in", "is")
+LIST_PARAMS = ("order", "limit", "offset", "select", "after", "count", "or", "and")
+TEXT_KINDS = ("text", "uuid", "any")
+MAX_CONDITIONS = 100
+MAX_IN_VALUES = 1000
+
+
+@dataclass(frozen=True)
+class Condition:
+    column: str
+    op: str
+    value: Any  # coerced Python value; a tuple for `in`; None/True/False for `is`
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Group:
+    """All (``any_of=False``) or any (``any_of=True``) of the members hold."""
+
+    members: tuple[Filter, ...]
+    any_of: bool = False
+    negate: bool = False
+
+
+Filter = Union[Condition, Group]
+
+
+@dataclass(frozen=True)
+class OrderBy:
+    column: str
+    descending: bool = False
+    nulls: str | None = None  # "first", "last" or None for the database default
+
+
+@dataclass
+class ListQuery:
+    where: Group
+    order: list[OrderBy]
+    limit: int
+    offset: int = 0
+    select: list[str] = field(default_factory=list)
+    after: list[Any] | None = None
+    count: bool = False
+
+
+# -- parsing ------------------------------------------------------------------
+
+def _first(raw: Any) -> str:
+    if isinstance(raw, (list, tuple)):
+        if len(raw) != 1:
+            raise ValueError("given more than once")
+        raw = raw[0]
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+
+def _all(raw: Any) -> list[str]:
+    items = raw if isinstance(raw, (list, tuple)) else [raw]
+    return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in items]
+
+
+def _column(table: TableInfo, name: str, param: str) -> ColumnInfo:
+    column = table.columns.get(name)
+    if column is None:
+        raise bad_request(f"{param}: unknown column {name[:64]!r} in table {table.name!r}",
+                          parameter=param)
+    return column
+
+
+def _value(column: ColumnInfo, text: str, param: str) -> Any:
+    try:
+        return column.coerce(values.from_text(column.kind, text))
+    except values.BadValue as exc:
+        raise bad_request(f"{param}: {exc} for column {column.name!r}", parameter=param) from None
+
+
+def _split_top(text: str, param: str) -> list[str]:
+    """Split on commas outside parentheses and double quotes."""
+    parts, depth, quoted, current = [], 0, False, []
+    chars = iter(text)
+    for ch in chars:
+        if quoted:
+            current.append(ch)
+            if ch == "\\":
+                current.append(next(chars, ""))
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+            current.append(ch)
+        elif ch == "(":
+            depth += 1
+            current.append(ch)
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise bad_request(f"{param}: unbalanced parentheses", parameter=param)
+            current.append(ch)
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if quoted or depth:
+        raise bad_request(f"{param}: unbalanced quotes or parentheses", parameter=param)
+    parts.append("".join(current))
+    return parts
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    return text
+
+
+def _condition(table: TableInfo, name: str, spec: str, param: str, explicit: bool) -> Condition:
+    """``name`` compared as ``spec`` says (``op.value``, ``not.op.value`` or a plain value)."""
+    column = _column(table, name, param)
+    negate = False
+    rest = spec
+    head, dot, tail = rest.partition(".")
+    if head == "not" and dot and tail.partition(".")[0] in OPERATORS and tail.partition(".")[1]:
+        negate, rest = True, tail
+        head, dot, tail = rest.partition(".")
+    if dot and head in OPERATORS:
+        op, text = head, tail
+    elif explicit:
+        raise bad_request(
+            f"{param}: expected column.operator.value with an operator among "
+            f"{', '.join(OPERATORS)}", parameter=param)
+    else:
+        op, text = "eq", spec
+    kind = column.kind
+    if kind == "json" and op != "is":
+        raise bad_request(f"{param}: JSON column {name!r} can only be tested with is.null",
+                          parameter=param)
+    if op == "is":
+        lowered = text.lower()
+        if lowered == "null":
+            return Condition(name, "is", None, negate)
+        if lowered in ("true", "false") and kind == "boolean":
+            return Condition(name, "is", lowered == "true", negate)
+        raise bad_request(f"{param}: is takes null (or true/false on a boolean column)",
+                          parameter=param)
+    if op in ("like", "ilike"):
+        if kind not in TEXT_KINDS:
+            raise bad_request(f"{param}: {op} works on text columns, {name!r} is {kind}",
+                              parameter=param)
+        return Condition(name, op, text, negate)
+    if op == "in":
+        if not (text.startswith("(") and text.endswith(")")):
+            raise bad_request(f"{param}: in takes a list in parentheses, e.g. in.(1,2,3)",
+                              parameter=param)
+        inner = text[1:-1]
+        items = [_unquote(item) for item in _split_top(inner, param)] if inner else []
+        if len(items) > MAX_IN_VALUES:
+            raise bad_request(f"{param}: at most {MAX_IN_VALUES} values in a list",
+                              parameter=param)
+        return Condition(name, "in", tuple(_value(column, item, param) for item in items), negate)
+    if kind == "binary" and op not in ("eq", "neq"):
+        raise bad_request(f"{param}: binary columns support eq, neq, in and is", parameter=param)
+    return Condition(name, op, _value(column, text, param), negate)
+
+
+def _logic(table: TableInfo, text: str, any_of: bool, param: str, depth: int = 0) -> Group:
+    """``(cond,cond,and(cond,cond))`` in PostgREST's grammar."""
+    if depth > 8:
+        raise bad_request(f"{param}: nested too deeply", parameter=param)
+    if not (text.startswith("(") and text.endswith(")")):
+        raise bad_request(f"{param}: expected a parenthesised list, e.g. (price.lt.5,id.eq.1)",
+                          parameter=param)
+    members: list[Filter] = []
+    for part in _split_top(text[1:-1], param):
+        part = part.strip()
+        negate = False
+        if part.startswith("not.") and part[4:].startswith(("and(", "or(")):
+            negate, part = True, part[4:]
+        for word, nested_any in (("and", False), ("or", True)):
+            if part.startswith(word + "("):
+                group = _logic(table, part[len(word):], nested_any, param, depth + 1)
+                members.append(Group(group.members, nested_any, negate))
+                break
+        else:
+            name, dot, spec = part.partition(".")
+            if not dot:
+                raise bad_request(f"{param}: expected column.operator.value, got {part[:64]!r}",
+                                  parameter=param)
+            condition = _condition(table, name, spec, param, explicit=True)
+            if condition.op not in ("like", "ilike", "is") and isinstance(condition.value, str):
+                condition = Condition(condition.column, condition.op,
+                                      _unquote_value(table, condition), condition.negate)
+            members.append(condition)
+    if not members:
+        raise bad_request(f"{param}: the list is empty", parameter=param)
+    return Group(tuple(members), any_of)
+
+
+def _unquote_value(table: TableInfo, condition: Condition) -> Any:
+    value = condition.value
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return table.columns[condition.column].coerce(_unquote(value))
+    return value
+
+
+def parse_filters(table: TableInfo, arguments: Mapping[str, Any],
+                  ignore: Iterable[str] = ()) -> Group:
+    """The filters among ``arguments`` (a query's parameters) as one AND group."""
+    members: list[Filter] = []
+    skip = set(ignore) | set(LIST_PARAMS)
+    for name, raw in arguments.items():
+        if name in ("or", "and"):
+            for text in _all(raw):
+                members.append(_logic(table, text.strip(), name == "or", name))
+            continue
+        if name in skip:
+            continue
+        for text in _all(raw):
+            members.append(_condition(table, name, text, name, explicit=False))
+    if _count(members) > MAX_CONDITIONS:
+        raise bad_request(f"too many conditions (at most {MAX_CONDITIONS})")
+    return Group(tuple(members))
+
+
+def _count(members: Iterable[Filter]) -> int:
+    return sum(_count(m.members) if isinstance(m, Group) else 1 for m in members)
+
+
+def _int_param(arguments: Mapping[str, Any], name: str) -> int | None:
+    if name not in arguments:
+        return None
+    try:
+        text = _first(arguments[name])
+    except ValueError:
+        raise bad_request(f"{name}: given more than once", parameter=name) from None
+    if not text.isdigit() or len(text) > 12:
+        raise bad_request(f"{name}: expected a whole number >= 0, got {text[:40]!r}",
+                          parameter=name)
+    return int(text)
+
+
+def parse_list_query(table: TableInfo, arguments: Mapping[str, Any], default_limit: int,
+                     max_limit: int) -> ListQuery:
+    """A list request's parameters, validated against ``table``."""
+    where = parse_filters(table, arguments)
+    limit = _int_param(arguments, "limit")
+    limit = default_limit if limit is None else min(limit, max_limit)
+    offset = _int_param(arguments, "offset") or 0
+
+    order: list[OrderBy] = []
+    if "order" in arguments:
+        for text in _all(arguments["order"]):
+            for item in text.split(","):
+                order.append(_order_item(table, item.strip()))
+    select: list[str] = []
+    if "select" in arguments:
+        for text in _all(arguments["select"]):
+            for name in text.split(","):
+                name = name.strip()
+                if name == "*":
+                    select.extend(table.columns)
+                elif name:
+                    _column(table, name, "select")
+                    select.append(name)
+        select = list(dict.fromkeys(select))
+        if not select:
+            raise bad_request("select: name at least one column", parameter="select")
+    count = False
+    if "count" in arguments:
+        text = _first(arguments["count"]).lower()
+        if text not in ("true", "false"):
+            raise bad_request("count: expected true or false", parameter="count")
+        count = text == "true"
+    query = ListQuery(where, order, limit, offset, select, None, count)
+    if "after" in arguments:
+        if offset:
+            raise bad_request("after: use either after or offset, not both", parameter="after")
+        query.after = decode_cursor(table, query, _first(arguments["after"]))
+    return query
+
+
+def _order_item(table: TableInfo, item: str) -> OrderBy:
+    parts = item.split(".")
+    _column(table, parts[0], "order")
+    descending, nulls = False, None
+    for word in parts[1:]:
+        if word in ("asc", "desc"):
+            descending = word == "desc"
+        elif word in ("nullsfirst", "nullslast"):
+            nulls = word[5:]
+        else:
+            raise bad_request(
+                f"order: {word[:32]!r} is not asc, desc, nullsfirst or nullslast",
+                parameter="order")
+    return OrderBy(parts[0], descending, nulls)
+
+
+# -- keyset cursors --------------------------------------------------------------
+
+def keyset_order(table: TableInfo, query: ListQuery) -> list[OrderBy] | None:
+    """The full order a cursor follows (the request's, then the key), or None when
+    keyset paging cannot be exact (no key, or a nullable column in the order)."""
+    if not table.has_key:
+        return None
+    order = list(query.order)
+    named = {item.column for item in order}
+    order += [OrderBy(name) for name in table.primary_key if name not in named]
+    if any(table.columns[item.column].nullable for item in order):
+        return None
+    if any(table.columns[item.column].kind in ("json", "binary") for item in order):
+        return None
+    return order
+
+
+def encode_cursor(record_values: list[Any]) -> str:
+    raw = values.dumps(record_values).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(table: TableInfo, query: ListQuery, text: str) -> list[Any]:
+    order = keyset_order(table, query)
+    if order is None:
+        raise bad_request("after: this table pages by offset, not by cursor", parameter="after")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        items = values.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise bad_request("after: not a cursor from a next link", parameter="after") from None
+    if not isinstance(items, list) or len(items) != len(order):
+        raise bad_request("after: the cursor does not match this order", parameter="after")
+    try:
+        return [table.columns[item.column].coerce(value) for item, value in zip(order, items)]
+    except values.BadValue:
+        raise bad_request("after: the cursor does not match this table", parameter="after") from None
+
+
+# -- SQL -----------------------------------------------------------------------
+
+def like_pattern(text: str) -> str:
+    """Our ``*`` wildcard pattern as a SQL LIKE pattern with backslash escapes."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+def to_sql(table: TableInfo, backend: Backend, node: Filter) -> Any:
+    """A peewee expression for ``node``; None when it has no conditions."""
+    if isinstance(node, Group):
+        parts = [p for p in (to_sql(table, backend, m) for m in node.members) if p is not None]
+        if not parts:
+            expression = None
+        else:
+            expression = parts[0]
+            for part in parts[1:]:
+                expression = (expression | part) if node.any_of else (expression & part)
+        if expression is not None and node.negate:
+            expression = ~expression
+        return expression
+    fld = table.columns[node.column].field
+    op, value = node.op, node.value
+    if op == "eq":
+        expression = fld == value
+    elif op == "neq":
+        expression = fld != value
+    elif op == "gt":
+        expression = fld > value
+    elif op == "gte":
+        expression = fld >= value
+    elif op == "lt":
+        expression = fld < value
+    elif op == "lte":
+        expression = fld <= value
+    elif op in ("like", "ilike"):
+        expression = backend.like(fld, like_pattern(value), op == "ilike")
+    elif op == "in":
+        expression = fld.in_(list(value)) if value else peewee.SQL("1 = 0")
+    elif value is None:
+        expression = fld.is_null()
+    else:
+        expression = peewee.Expression(fld, "IS", peewee.SQL("TRUE" if value else "FALSE"))
+    return ~expression if node.negate else expression
+
+
+def keyset_condition(table: TableInfo, order: list[OrderBy], after: list[Any]) -> Any:
+    """Rows strictly after the cursor in ``order``: (a > x) OR (a = x AND b > y) ..."""
+    expression = None
+    for i, item in enumerate(order):
+        fld = table.columns[item.column].field
+        step = (fld < after[i]) if item.descending else (fld > after[i])
+        for prior, value in zip(order[:i], after[:i]):
+            step = step & (table.columns[prior.column].field == value)
+        expression = step if expression is None else (expression | step)
+    return expression
+
+
+def order_sql(table: TableInfo, order: list[OrderBy]) -> list[Any]:
+    result = []
+    for item in order:
+        fld = table.columns[item.column].field
+        result.append(fld.desc(nulls=item.nulls) if item.descending else fld.asc(nulls=item.nulls))
+    return result
+
+
+def query_string(arguments: Mapping[str, Any], **changes: Any) -> str:
+    """The request's parameters with ``changes`` applied, for `next` links."""
+    from urllib.parse import urlencode
+
+    pairs: list[tuple[str, str]] = []
+    for name, raw in arguments.items():
+        if name in changes:
+            continue
+        pairs.extend((name, text) for text in _all(raw))
+    pairs.extend((name, str(value)) for name, value in changes.items() if value is not None)
+    return urlencode(pairs)

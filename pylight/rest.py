@@ -1,0 +1,189 @@
+"""The REST handlers: one generic collection and one item handler, serving every table."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from pylight import query as ql
+from pylight import store, values
+from pylight.errors import ApiError, bad_request, method_not_allowed, not_found, unprocessable
+from pylight.handlers import BaseHandler
+from pylight.schema import TableInfo
+
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+class TableHandler(BaseHandler):
+    def table(self, name: str) -> TableInfo:
+        table = self.app.tables.get(name)
+        if table is None:
+            raise not_found(f"no table named {name[:100]!r}", table=name[:100])
+        return table
+
+    def check_writable(self, table: TableInfo, allow: list[str]) -> None:
+        if table.is_view:
+            raise method_not_allowed(f"{table.name!r} is a view; it can only be read", allow)
+        if table.read_only:
+            raise method_not_allowed(f"{table.name!r} is read-only", allow)
+
+    def coerce_row(self, table: TableInfo, body: Any, partial: bool, where: str = "") -> dict[str, Any]:
+        """A body object's values coerced to their columns; 422 for anything that doesn't fit."""
+        if not isinstance(body, dict):
+            raise bad_request(f"{where}expected a JSON object of column values")
+        row: dict[str, Any] = {}
+        for name, value in body.items():
+            column = table.columns.get(name)
+            if column is None:
+                reason = "is hidden" if name in table.hidden else "does not exist"
+                raise unprocessable(f"{where}column {name[:64]!r} {reason} in {table.name!r}",
+                                    column=name[:64])
+            if value is None:
+                if not column.nullable:
+                    raise unprocessable(f"{where}column {name!r} may not be null", column=name)
+                row[name] = None
+                continue
+            try:
+                row[name] = column.coerce(value)
+            except values.BadValue as exc:
+                raise unprocessable(f"{where}column {name!r}: {exc}", column=name) from None
+        if not partial and not row and not table.columns:
+            raise unprocessable(f"{where}no columns given")
+        return row
+
+    def location(self, table: TableInfo, record: dict[str, Any]) -> str:
+        key = ",".join(str(record.get(name)) for name in table.primary_key)
+        return f"{self.app.config.api.prefix}/{quote(table.name)}/{quote(key, safe=',')}"
+
+
+class CollectionHandler(TableHandler):
+    async def get(self, name: str) -> None:
+        if self._finished:
+            return
+        table = self.table(name)
+        api = self.app.config.api
+        arguments = self.request.query_arguments
+        q = ql.parse_list_query(table, arguments, api.default_limit, api.max_limit)
+        page = await self.app.db.read(store.list_rows, table, self.app.backend, q)
+        link = None
+        if page.after is not None:
+            link = ql.query_string(arguments, offset=None, after=page.after, limit=q.limit)
+        elif page.next_offset is not None:
+            link = ql.query_string(arguments, after=None, offset=page.next_offset, limit=q.limit)
+        payload: dict[str, Any] = {
+            "items": page.items,
+            "next": f"{api.prefix}/{quote(table.name)}?{link}" if link is not None else None,
+        }
+        if page.total is not None:
+            payload["total"] = page.total
+        self.write_json(payload)
+
+    async def post(self, name: str) -> None:
+        if self._finished:
+            return
+        table = self.table(name)
+        self.check_writable(table, ["GET"])
+        body = self.json_body()
+        many = isinstance(body, list)
+        if many:
+            if not body:
+                raise bad_request("the array is empty; send at least one object")
+            rows = [self.coerce_row(table, item, False, f"item {i}: ") for i, item in
+                    enumerate(body)]
+        elif isinstance(body, dict):
+            rows = [self.coerce_row(table, body, False)]
+        else:
+            raise bad_request("expected a JSON object, or an array of objects")
+        records = await self.app.db.write(table.name, store.insert_rows, table,
+                                          self.app.backend, rows, publish=self.app.hub.publish)
+        if many:
+            self.write_json({"items": records}, 201)
+            return
+        if table.has_key:
+            self.set_header("Location", self.location(table, records[0]))
+        self.write_json(records[0], 201)
+
+
+class ItemHandler(TableHandler):
+    def key(self, table: TableInfo, text: str) -> list[Any]:
+        if not table.has_key:
+            kind = "a view" if table.is_view else "a table without a primary key"
+            raise method_not_allowed(
+                f"{table.name!r} is {kind}, so it has no item routes; "
+                f"use filters on {self.app.config.api.prefix}/{table.name}", [])
+        parts = [text] if len(table.primary_key) == 1 else text.split(",")
+        if len(parts) != len(table.primary_key):
+            raise bad_request(
+                f"key {text[:100]!r} needs {len(table.primary_key)} comma-separated values "
+                f"({', '.join(table.primary_key)})")
+        key = []
+        for name, part in zip(table.primary_key, parts):
+            column = table.columns[name]
+            try:
+                key.append(column.coerce(values.from_text(column.kind, part)))
+            except values.BadValue as exc:
+                raise bad_request(f"key column {name!r}: {exc}") from None
+        return key
+
+    async def get(self, name: str, key_text: str) -> None:
+        if self._finished:
+            return
+        table = self.table(name)
+        key = self.key(table, key_text)
+        record = await self.app.db.read(store.get_row, table, key)
+        if record is None:
+            raise not_found(f"no row in {table.name!r} with key {key_text[:100]!r}")
+        self.write_json(record)
+
+    async def put(self, name: str, key_text: str) -> None:
+        if self._finished:
+            return
+        table = self.table(name)
+        key = self.key(table, key_text)
+        self.check_writable(table, ["GET"])
+        row = self.coerce_row(table, self.json_body(), True)
+        record = await self.app.db.write(table.name, store.update_row, table, self.app.backend,
+                                         key, row, publish=self.app.hub.publish)
+        self.write_json(record)
+
+    patch = put
+
+    async def delete(self, name: str, key_text: str) -> None:
+        if self._finished:
+            return
+        table = self.table(name)
+        key = self.key(table, key_text)
+        self.check_writable(table, ["GET"])
+        await self.app.db.write(table.name, store.delete_row, table, self.app.backend, key,
+                                publish=self.app.hub.publish)
+        self.set_status(204)
+        self._cors()
+        self.clear_header("Content-Type")
+        self.finish()
+
+
+class SchemaHandler(BaseHandler):
+    def get(self) -> None:
+        if self._finished:
+            return
+        self.write_json({"tables": [self.app.describe_table(t) for t in self.app.tables.values()]})
+
+
+class OpenApiHandler(BaseHandler):
+    def get(self) -> None:
+        if self._finished:
+            return
+        self.write_json(self.app.openapi())
+
+
+def routes(prefix: str, app: Any) -> list[tuple[str, type, dict[str, Any]]]:
+    kwargs = {"app": app}
+    return [
+        (rf"{prefix}/?", SchemaHandler, kwargs),
+        (rf"{prefix}/openapi\.json", OpenApiHandler, kwargs),
+        (rf"{prefix}/([^/]+)/?", CollectionHandler, kwargs),
+        (rf"{prefix}/([^/]+)/([^/]+)", ItemHandler, kwargs),
+    ]
+
+
+__all__ = ["ApiError", "CollectionHandler", "ItemHandler", "routes"]

@@ -1,0 +1,194 @@
+"""Reflects the database into per-table models and column descriptions, with table settings."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee
+from playhouse.reflection import Introspector, UnknownField
+
+from pylight import values
+from pylight.backend import Backend
+from pylight.config import Config
+from pylight.errors import StartupError
+
+log = logging.getLogger("pylight")
+
+
+@dataclass
+class ColumnInfo:
+    name: str
+    field: peewee.Field
+    kind: str
+    nullable: bool
+    default: str | None
+    raw_type: str
+    precision: int | None = None
+    scale: int | None = None
+    coerce: Callable[[Any], Any] = field(repr=False, default=lambda v: v)
+    encode: Callable[[Any], Any] | None = field(repr=False, default=None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "nullable": self.nullable,
+            "default": self.default,
+        }
+
+
+@dataclass
+class TableInfo:
+    name: str
+    model: type[peewee.Model]
+    columns: dict[str, ColumnInfo]  # visible columns only, in table order
+    primary_key: list[str]
+    is_view: bool = False
+    read_only: bool = False
+    hidden: frozenset[str] = frozenset()
+
+    @property
+    def writable(self) -> bool:
+        return not (self.is_view or self.read_only)
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.primary_key)
+
+    def key_fields(self) -> list[peewee.Field]:
+        return [self.columns[name].field for name in self.primary_key]
+
+    def key_of(self, record: dict[str, Any]) -> Any:
+        """The `pk` of a record as the contract sends it: a value, or a list for composite keys."""
+        if len(self.primary_key) == 1:
+            return record.get(self.primary_key[0])
+        return [record.get(name) for name in self.primary_key]
+
+    def encode_row(self, names: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+        record = {}
+        columns = self.columns
+        for name, value in zip(names, row):
+            encode = columns[name].encode
+            record[name] = value if value is None or encode is None else encode(value)
+        return record
+
+
+def _field_class(column: Any, metadata: Any, backend: Backend) -> type[peewee.Field]:
+    cls = column.field_class
+    if cls is peewee.ForeignKeyField:
+        # The value type of a reference is the type of the column it points to.
+        fk = column.foreign_key
+        dest = metadata.columns.get(fk.dest_table, {}).get(fk.dest_column)
+        cls = dest.field_class if dest is not None else peewee.BareField
+        if cls is peewee.ForeignKeyField:
+            cls = peewee.BareField
+    if cls is UnknownField or cls is peewee.BareField:
+        cls = backend.field_for_unknown(column.raw_column_type) or peewee.BareField
+    if cls is peewee.AutoField:
+        cls = peewee.IntegerField
+    elif cls is peewee.BigAutoField:
+        cls = peewee.BigIntegerField
+    return cls
+
+
+def _selected(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, TableInfo]:
+    """Build a :class:`TableInfo` for every exposed table and view."""
+    introspector = Introspector.from_database(db)
+    with warnings.catch_warnings():
+        # Foreign keys into other schemas are dropped by peewee, with a warning.
+        warnings.simplefilter("ignore")
+        metadata = introspector.introspect(literal_column_names=True, include_views=True)
+    views = {view.name for view in db.get_views()}
+
+    exposed = [
+        name for name in sorted(metadata.columns)
+        if _selected(name, config.api.tables) and not _selected(name, config.api.exclude)
+        and not name.startswith("_pylight")
+    ]
+    for name in config.tables:
+        if name not in metadata.columns:
+            raise StartupError(
+                f"{config.source}: [table:{name}] names a table the database does not have"
+            )
+
+    tables: dict[str, TableInfo] = {}
+    for name in exposed:
+        settings = config.table(name)
+        hidden = frozenset(settings.hidden)
+        reflected = metadata.columns[name]
+        unknown = hidden - set(reflected)
+        if unknown:
+            raise StartupError(
+                f"{config.source}: [table:{name}] hidden names unknown column(s) "
+                f"{', '.join(sorted(unknown))}"
+            )
+        primary_key = list(metadata.primary_keys.get(name) or [])
+        if name in views:
+            primary_key = []
+        if hidden & set(primary_key):
+            raise StartupError(
+                f"{config.source}: [table:{name}] cannot hide primary-key column(s) "
+                f"{', '.join(sorted(hidden & set(primary_key)))}"
+            )
+        scales = backend.numeric_scales(db, name)
+        attrs: dict[str, Any] = {}
+        columns: dict[str, ColumnInfo] = {}
+        for index, (column_name, column) in enumerate(reflected.items()):
+            cls = _field_class(column, metadata, backend)
+            params: dict[str, Any] = {"column_name": column_name, "null": True}
+            if cls is peewee.DecimalField:
+                params["auto_round"] = False
+            if len(primary_key) == 1 and column_name == primary_key[0]:
+                params["primary_key"] = True
+            # Field names are positional: a column called "select" or "save"
+            # must not shadow a Model method.
+            fld = cls(**params)
+            attrs[f"c{index}"] = fld
+            if column_name in hidden:
+                continue
+            kind = values.kind_of(fld)
+            precision, scale = scales.get(column_name, (None, None))
+            if kind == "decimal" and scale is None:
+                precision = None
+            nullable = bool(column.nullable) and column_name not in primary_key
+            columns[column_name] = ColumnInfo(
+                name=column_name,
+                field=fld,
+                kind=kind,
+                nullable=nullable,
+                default=column.default,
+                raw_type=str(column.raw_column_type),
+                precision=precision,
+                scale=scale,
+                coerce=values.coercer(kind, precision, scale),
+                encode=values.encoder(kind, scale),
+            )
+        meta_attrs: dict[str, Any] = {"database": db, "table_name": name}
+        if len(primary_key) > 1:
+            position = {column_name: i for i, column_name in enumerate(reflected)}
+            meta_attrs["primary_key"] = peewee.CompositeKey(
+                *[f"c{position[c]}" for c in primary_key]
+            )
+        elif not primary_key:
+            meta_attrs["primary_key"] = False
+        attrs["Meta"] = type("Meta", (), meta_attrs)
+        model = type(f"Table_{len(tables)}", (peewee.Model,), attrs)
+        tables[name] = TableInfo(
+            name=name,
+            model=model,
+            columns=columns,
+            primary_key=primary_key,
+            is_view=name in views,
+            read_only=settings.read_only,
+            hidden=hidden,
+        )
+    return tables

@@ -1,0 +1,338 @@
+"""Column value types: JSON in and out, query-string text in, one set of rules for all."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import math
+import uuid
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import peewee
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Longer integer literals cannot be a column value, and Python refuses to parse
+# numbers past 4,300 digits anyway: keep them as text and reject them later.
+_MAX_INT_DIGITS = 40
+
+
+class BadValue(ValueError):
+    """A value does not fit its column; the message says what was expected."""
+
+
+class BigNumber(str):
+    """An integer literal too long to be a column value, kept as its text."""
+
+
+class _Invalid:
+    """Marker for NaN/Infinity in a request body."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_int(text: str) -> Any:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else BigNumber(text)
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse a request body: decimals stay exact, NaN/Infinity and huge ints are refused."""
+    return json.loads(
+        data, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant
+    )
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+_encoder = json.JSONEncoder(
+    allow_nan=False, separators=(",", ":"), ensure_ascii=False, default=_default
+)
+
+
+def dumps(value: Any) -> str:
+    return _encoder.encode(value)
+
+
+# -- kinds -------------------------------------------------------------------
+
+KINDS = ("integer", "float", "decimal", "boolean", "text", "date", "time", "datetime",
+         "binary", "json", "uuid", "any")
+
+
+def kind_of(field: peewee.Field) -> str:
+    """The value kind of a reflected peewee field."""
+    checks: list[tuple[type, str]] = [
+        (peewee.BooleanField, "boolean"),
+        (peewee.IntegerField, "integer"),  # also Auto/BigInteger/SmallInteger
+        (peewee.FloatField, "float"),  # also DoubleField
+        (peewee.DecimalField, "decimal"),
+        (peewee.DateTimeField, "datetime"),
+        (peewee.DateField, "date"),
+        (peewee.TimeField, "time"),
+        (peewee.UUIDField, "uuid"),
+        (peewee.BlobField, "binary"),
+        (peewee.CharField, "text"),
+        (peewee.TextField, "text"),
+    ]
+    for cls, kind in checks:
+        if isinstance(field, cls):
+            return kind
+    if "JSON" in type(field).__name__:
+        return "json"
+    return "any"
+
+
+# -- JSON body -> Python value -----------------------------------------------
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, BigNumber):
+        return "a number too large"
+    if isinstance(value, (int, Decimal, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or isinstance(
+        value, BigNumber
+    ):
+        raise BadValue(f"expected an integer, got {_describe(value)}")
+    if isinstance(value, Decimal):
+        if value != value.to_integral_value():
+            raise BadValue("expected an integer, got a fraction")
+        value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise BadValue("integer out of range")
+    return value
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or isinstance(value, BigNumber) or not isinstance(
+        value, (int, float, Decimal)
+    ):
+        raise BadValue(f"expected a number, got {_describe(value)}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise BadValue("number out of range")
+    return result
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadValue(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadValue(f"expected a string, got {_describe(value)}")
+    if "\x00" in value:
+        raise BadValue("text may not contain NUL characters")
+    return value
+
+
+def _iso(parser: Callable[[str], Any], what: str) -> Callable[[Any], Any]:
+    def coerce(value: Any) -> Any:
+        if not isinstance(value, str):
+            raise BadValue(f"expected an ISO 8601 {what} string, got {_describe(value)}")
+        try:
+            return parser(value)
+        except ValueError:
+            raise BadValue(f"expected an ISO 8601 {what}, got {value[:40]!r}") from None
+    return coerce
+
+
+def _binary(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise BadValue(f"expected base64 text, got {_describe(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadValue("expected base64 text") from None
+
+
+def _uuid(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadValue(f"expected a UUID string, got {_describe(value)}")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadValue(f"expected a UUID, got {value[:40]!r}") from None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, BigNumber):
+        raise BadValue("number too large")
+    return value
+
+
+def _any(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        raise BadValue(f"expected a scalar, got {_describe(value)}")
+    if isinstance(value, BigNumber):
+        raise BadValue("number too large")
+    return value
+
+
+def decimal_coercer(precision: int | None, scale: int | None) -> Callable[[Any], Decimal]:
+    quantum = Decimal(1).scaleb(-scale) if scale is not None else None
+
+    def coerce(value: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, str, Decimal, float)):
+            raise BadValue(f"expected a decimal number or string, got {_describe(value)}")
+        try:
+            number = Decimal(value.strip() if isinstance(value, str) else value)
+        except (InvalidOperation, ValueError):
+            raise BadValue(f"expected a decimal number, got {str(value)[:40]!r}") from None
+        if not number.is_finite():
+            raise BadValue("expected a finite decimal number")
+        if abs(number.adjusted()) > 1000:
+            raise BadValue("decimal out of range")
+        if quantum is not None:
+            number = number.quantize(quantum)
+        if precision is not None:
+            integer_digits = precision - (scale or 0)
+            if number.adjusted() >= integer_digits and number != 0:
+                raise BadValue(
+                    f"decimal out of range: at most {integer_digits} digits before the point"
+                )
+        return number
+    return coerce
+
+
+_COERCERS: dict[str, Callable[[Any], Any]] = {
+    "integer": _int,
+    "float": _float,
+    "boolean": _bool,
+    "text": _text,
+    "date": _iso(datetime.date.fromisoformat, "date"),
+    "time": _iso(datetime.time.fromisoformat, "time"),
+    "datetime": _iso(datetime.datetime.fromisoformat, "date-time"),
+    "binary": _binary,
+    "uuid": _uuid,
+    "json": _json_value,
+    "any": _any,
+}
+
+
+def coercer(kind: str, precision: int | None = None, scale: int | None = None) -> Callable[[Any], Any]:
+    """The function turning a JSON value into the column's Python value (None passes)."""
+    if kind == "decimal":
+        return decimal_coercer(precision, scale)
+    return _COERCERS[kind]
+
+
+# -- query-string text -> JSON-like value ---------------------------------------
+
+def from_text(kind: str, text: str) -> Any:
+    """The JSON-like value a query-string token means for a column of ``kind``."""
+    if kind == "integer":
+        stripped = text.strip()
+        if not stripped.lstrip("+-").isdigit() or len(stripped) > _MAX_INT_DIGITS:
+            raise BadValue(f"expected an integer, got {text[:40]!r}")
+        return int(stripped)
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise BadValue(f"expected a number, got {text[:40]!r}") from None
+    if kind == "boolean":
+        lowered = text.lower()
+        if lowered in ("true", "t", "1"):
+            return True
+        if lowered in ("false", "f", "0"):
+            return False
+        raise BadValue(f"expected true or false, got {text[:40]!r}")
+    if kind == "json":
+        try:
+            return loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+# -- Python value from the database -> JSON value ---------------------------------
+
+def _encode_decimal(scale: int | None) -> Callable[[Any], str]:
+    quantum = Decimal(1).scaleb(-scale) if scale is not None else None
+
+    def encode(value: Any) -> str:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+        if quantum is not None and number.is_finite():
+            number = number.quantize(quantum)
+        return format(number, "f")
+    return encode
+
+
+def _encode_float(value: Any) -> Any:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _encode_temporal(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _encode_binary(value: Any) -> str:
+    if isinstance(value, str):
+        value = value.encode()
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+def _encode_json(value: Any) -> Any:
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value.decode() if isinstance(value, bytes) else value
+    return value
+
+
+def _encode_any(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _encode_binary(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def encoder(kind: str, scale: int | None = None) -> Callable[[Any], Any] | None:
+    """The function turning a database value into its JSON value; None means as-is."""
+    if kind == "decimal":
+        return _encode_decimal(scale)
+    return {
+        "float": _encode_float,
+        "date": _encode_temporal,
+        "time": _encode_temporal,
+        "datetime": _encode_temporal,
+        "binary": _encode_binary,
+        "uuid": str,
+        "json": _encode_json,
+        "any": _encode_any,
+        "boolean": bool,
+    }.get(kind)
