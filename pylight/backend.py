@@ -117,12 +117,8 @@ class Backend:
     # helpers for subclasses
     @staticmethod
     def driver_error(exc: BaseException) -> BaseException:
-        """The DB-API exception peewee wrapped (peewee passes it as the first argument)."""
-        if isinstance(exc, peewee.PeeweeException) and exc.args and isinstance(
-            exc.args[0], BaseException
-        ):
-            return exc.args[0]
-        return exc
+        """The DB-API exception peewee wrapped (kept as ``orig``)."""
+        return getattr(exc, "orig", None) or exc
 
     @staticmethod
     def unique_conflict(detail: str = "") -> ApiError:

@@ -13,7 +13,7 @@ import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import peewee
 
@@ -47,7 +47,7 @@ class Group:
     negate: bool = False
 
 
-Filter = Union[Condition, Group]
+Filter = Condition | Group
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ def decode_cursor(table: TableInfo, query: ListQuery, text: str) -> list[Any]:
     if not isinstance(items, list) or len(items) != len(order):
         raise bad_request("after: the cursor does not match this order", parameter="after")
     try:
-        return [table.columns[item.column].coerce(value) for item, value in zip(order, items)]
+        return [table.columns[item.column].coerce(value) for item, value in zip(order, items, strict=False)]
     except values.BadValue:
         raise bad_request("after: the cursor does not match this table", parameter="after") from None
 
@@ -409,7 +409,7 @@ def keyset_condition(table: TableInfo, order: list[OrderBy], after: list[Any]) -
     for i, item in enumerate(order):
         fld = table.columns[item.column].field
         step = (fld < after[i]) if item.descending else (fld > after[i])
-        for prior, value in zip(order[:i], after[:i]):
+        for prior, value in zip(order[:i], after[:i], strict=False):
             step = step & (table.columns[prior.column].field == value)
         expression = step if expression is None else (expression | step)
     return expression

@@ -117,7 +117,7 @@ class ItemHandler(TableHandler):
                 f"key {text[:100]!r} needs {len(table.primary_key)} comma-separated values "
                 f"({', '.join(table.primary_key)})")
         key = []
-        for name, part in zip(table.primary_key, parts):
+        for name, part in zip(table.primary_key, parts, strict=False):
             column = table.columns[name]
             try:
                 key.append(column.coerce(values.from_text(column.kind, part)))

@@ -72,7 +72,7 @@ class TableInfo:
     def encode_row(self, names: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
         record = {}
         columns = self.columns
-        for name, value in zip(names, row):
+        for name, value in zip(names, row, strict=False):
             encode = columns[name].encode
             record[name] = value if value is None or encode is None else encode(value)
         return record

@@ -24,7 +24,7 @@ class Page:
 
 def _key_condition(table: TableInfo, key: list[Any]) -> Any:
     condition = None
-    for fld, value in zip(table.key_fields(), key):
+    for fld, value in zip(table.key_fields(), key, strict=False):
         step = fld == value
         condition = step if condition is None else condition & step
     return condition
@@ -95,7 +95,7 @@ def _values(table: TableInfo, data: dict[str, Any]) -> dict[peewee.Field, Any]:
 def _key_from(table: TableInfo, data: dict[str, Any], fallback: list[Any] | None) -> list[Any]:
     if fallback is None:
         return [data[name] for name in table.primary_key]
-    return [data.get(name, old) for name, old in zip(table.primary_key, fallback)]
+    return [data.get(name, old) for name, old in zip(table.primary_key, fallback, strict=False)]
 
 
 def insert_rows(table: TableInfo, backend: Backend,
@@ -133,7 +133,7 @@ def update_row(table: TableInfo, backend: Backend, key: list[Any],
     if not data:
         return old, []
     table.model.update(_values(table, data)).where(_key_condition(table, key)).execute()
-    new_key = [data.get(name, value) for name, value in zip(table.primary_key, key)]
+    new_key = [data.get(name, value) for name, value in zip(table.primary_key, key, strict=False)]
     record = get_row(table, new_key)
     if record is None:  # the new key was coerced by the database in a way we cannot follow
         raise not_found(f"the updated row in {table.name!r} can no longer be read back")

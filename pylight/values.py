@@ -126,7 +126,7 @@ def _int(value: Any) -> int:
 
 
 def _float(value: Any) -> float:
-    if isinstance(value, bool) or isinstance(value, BigNumber) or not isinstance(
+    if isinstance(value, (bool, BigNumber)) or not isinstance(
         value, (int, float, Decimal)
     ):
         raise BadValue(f"expected a number, got {_describe(value)}")

@@ -94,8 +94,9 @@ class SqliteBackend(Backend):
 
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         if case_insensitive:
+            # peewee spells SQLite's LIKE as "ILIKE" (its "LIKE" becomes GLOB).
             return peewee.Expression(
-                field, "LIKE", peewee.NodeList((peewee.Value(pattern), peewee.SQL("ESCAPE '\\'")))
+                field, "ILIKE", peewee.NodeList((peewee.Value(pattern), peewee.SQL("ESCAPE '\\'")))
             )
         # LIKE is case-insensitive on SQLite; GLOB is the case-sensitive match.
         glob = _like_to_glob(pattern)
