@@ -11,7 +11,7 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import demo, openapi, rest
+from pylight import demo, openapi, realtime, rest
 from pylight.backend import Backend, redact_url, url_scheme
 from pylight.config import Config
 from pylight.db import Database
@@ -52,7 +52,10 @@ class Pylight:
     def __init__(self, config: Config, pm: pluggy.PluginManager) -> None:
         self.config = config
         self.pm = pm
-        self.hub = Hub()
+        self.hub = Hub(self.format_notification, config.realtime.replay_buffer)
+        self.connections = realtime.Connections(config.realtime.heartbeat_interval,
+                                                config.realtime.heartbeat_timeout)
+        self.in_flight: set[Any] = set()  # HTTP requests being handled, for graceful stop
         self.backend: Backend = choose_backend(pm, config.database.url)
         self.db: Database
         self.tables: dict[str, TableInfo] = {}
@@ -77,6 +80,8 @@ class Pylight:
         for extra in self.pm.hook.pylight_routes(app=self):
             handlers.extend(extra or [])
         handlers.extend(rest.routes(self.config.api.prefix, self))
+        if self.config.realtime.enabled:
+            handlers.extend(realtime.routes(self.config.realtime.prefix, self))
         return tornado.web.Application(
             handlers,
             default_handler_class=NotFoundHandler,
@@ -95,6 +100,9 @@ class Pylight:
             "url": f"{api.prefix}/{table.name}",
             "ws": f"{realtime.prefix}/{table.name}" if realtime.enabled else None,
         }
+
+    def format_notification(self, change: Any, seq: int) -> dict[str, Any]:
+        return self.pm.hook.pylight_format_notification(change=change, seq=seq)
 
     def openapi(self) -> dict[str, Any]:
         if self._openapi is None:
@@ -115,6 +123,7 @@ class Pylight:
             body_timeout=server.body_timeout,
             xheaders=False,
         )
+        self.connections.start()
         if sockets is not None:
             self.server.add_sockets(sockets)
         else:
@@ -139,9 +148,16 @@ class Pylight:
         log.info("Pylight serving %s on %s%s/ (database: %s)", self.backend.name, base,
                  self.config.api.prefix, redact_url(self.config.database.url))
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, close feeds with 1001, let in-flight requests finish, close the pool."""
         if self.server is not None:
             self.server.stop()
+        self.connections.stop()
+        self.connections.close_all(1001, "server shutting down")
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.server is not None:
             await self.server.close_all_connections()
         await _await_all(self.pm.hook.pylight_shutdown(app=self))
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)

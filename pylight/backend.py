@@ -44,6 +44,10 @@ class Backend:
     supports_returning = False
     #: ``SELECT ... FOR UPDATE`` locks the row read before an update or delete.
     supports_for_update = True
+    #: ILIKE folds the case of ASCII letters only (SQLite's LIKE).
+    ilike_ascii_only = False
+    #: ``=``/``<`` on text ignore case (MySQL's default collations).
+    text_compare_case_insensitive = False
 
     # -- opening ---------------------------------------------------------
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import configparser
 import dataclasses
 import os
@@ -126,14 +127,41 @@ def _convert(raw: str, kind: Any, where: str) -> Any:
     return text
 
 
-def _build(cls: type, values: dict[str, str], where: str) -> Any:
+def _parse_error(exc: configparser.Error) -> str:
+    """configparser's message on one line, with the line number that is wrong.
+
+    Its first line alone can omit the line ("Source contains parsing errors:
+    'x.ini'"), which leaves the operator searching the file.
+    """
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return (f"line {exc.lineno}: {exc.line.strip()!r} comes before any [section] header "
+                "or is not a valid one")
+    if isinstance(exc, configparser.ParsingError):
+        lines = "; ".join(f"line {lineno}: {_unrepr(text)!r}" for lineno, text in exc.errors)
+        return f"not a 'key = value' line or [section] header: {lines}"
+    return " ".join(str(exc).split())
+
+
+def _unrepr(text: str) -> str:
+    try:
+        value = ast.literal_eval(text)  # configparser stores repr(line)
+    except (ValueError, SyntaxError):
+        value = text
+    return str(value).strip()
+
+
+def _build(cls: type, values: dict[str, str], where: str,
+           origins: dict[str, str] | None = None) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, raw in values.items():
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise StartupError(f"{where}: unknown key {key!r} (known keys: {known})")
-        kwargs[key] = _convert(raw, fields[key].type, f"{where} key {key!r}")
+        # A value from the environment or the command line is blamed on its
+        # real source, not on the file that never contained it.
+        origin = (origins or {}).get(key) or f"{where} key {key!r}"
+        kwargs[key] = _convert(raw, fields[key].type, origin)
     return cls(**kwargs)
 
 
@@ -176,8 +204,7 @@ def load_config(
             with open(path, encoding="utf-8") as fh:
                 parser.read_file(fh, source=path)
         except configparser.Error as exc:
-            first = str(exc).splitlines()[0]
-            raise StartupError(f"config file {path} is malformed: {first}") from None
+            raise StartupError(f"config file {path} is malformed: {_parse_error(exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise StartupError(f"config file {path} cannot be read: {exc}") from None
 
@@ -199,16 +226,19 @@ def load_config(
                 f"(known: {known}, [table:NAME], [plugin:NAME])"
             )
 
+    origins: dict[str, dict[str, str]] = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             env_name = f"PYLIGHT_{section.upper()}_{f.name.upper()}"
             if env_name in environ:
                 raw.setdefault(section, {})[f.name] = environ[env_name]
+                origins.setdefault(section, {})[f.name] = f"environment variable {env_name}"
     for (section, key), value in (overrides or {}).items():
         raw.setdefault(section, {})[key] = value
+        origins.setdefault(section, {})[key] = f"command line --{key.replace('_', '-')}"
 
     built = {
-        section: _build(cls, raw.get(section, {}), f"{source} [{section}]")
+        section: _build(cls, raw.get(section, {}), f"{source} [{section}]", origins.get(section))
         for section, cls in SECTIONS.items()
     }
     table_settings = {

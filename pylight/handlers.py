@@ -20,64 +20,10 @@ _REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not
             415: "unsupported_media_type", 422: "unprocessable", 503: "unavailable"}
 
 
-@stream_request_body
-class BaseHandler(RequestHandler):
-    """Streams the body so an oversized one is answered 413 (Tornado's own limit
-    would drop the connection without a response)."""
+class JsonErrors:
+    """Renders every error as the contract's JSON body; shared by HTTP and WebSocket handlers."""
 
     app: Pylight
-
-    def initialize(self, app: Pylight) -> None:
-        self.app = app
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    # -- request body --------------------------------------------------------
-    def prepare(self) -> None:
-        limit = self.app.config.api.max_body_bytes
-        length = self.request.headers.get("Content-Length")
-        if length is not None:
-            if not length.strip().isdigit():
-                raise bad_request("Content-Length is not a number")
-            if int(length) > limit:
-                raise ApiError(413, "payload_too_large",
-                               f"the body is larger than the limit of {limit} bytes",
-                               {"limit": limit})
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return
-        self._size += len(chunk)
-        limit = self.app.config.api.max_body_bytes
-        if self._size > limit:
-            self._chunks = []
-            self.send_api_error(ApiError(413, "payload_too_large",
-                                         f"the body is larger than the limit of {limit} bytes",
-                                         {"limit": limit}))
-            return
-        self._chunks.append(chunk)
-
-    def json_body(self) -> Any:
-        raw = b"".join(self._chunks)
-        content_type = self.request.headers.get("Content-Type", "")
-        media = content_type.split(";", 1)[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise ApiError(415, "unsupported_media_type",
-                           "send the body as JSON with Content-Type: application/json",
-                           {"content_type": content_type[:100]})
-        if not raw.strip():
-            raise bad_request("the body is empty; send a JSON object")
-        try:
-            return values.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise bad_request("the body is not valid UTF-8") from None
-        except (ValueError, RecursionError) as exc:
-            raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
-
-    # -- responses ------------------------------------------------------------
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("X-Content-Type-Options", "nosniff")
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -89,6 +35,7 @@ class BaseHandler(RequestHandler):
             return
         self.clear()
         self.set_status(error.status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
         for name, value in error.headers.items():
             self.set_header(name, value)
         self._cors()
@@ -132,6 +79,71 @@ class BaseHandler(RequestHandler):
             self.set_header("Access-Control-Expose-Headers", "Location, Retry-After")
             if allowed != "*":
                 self.add_header("Vary", "Origin")
+
+
+@stream_request_body
+class BaseHandler(JsonErrors, RequestHandler):
+    """Streams the body so an oversized one is answered 413 (Tornado's own limit
+    would drop the connection without a response)."""
+
+    def initialize(self, app: Pylight) -> None:
+        self.app = app
+        self._chunks: list[bytes] = []
+        self._size = 0
+        app.in_flight.add(self)
+
+    def on_finish(self) -> None:
+        self.app.in_flight.discard(self)
+
+    def on_connection_close(self) -> None:
+        self.app.in_flight.discard(self)
+        super().on_connection_close()
+
+    # -- request body --------------------------------------------------------
+    def prepare(self) -> None:
+        limit = self.app.config.api.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise bad_request("Content-Length is not a number")
+            if int(length) > limit:
+                raise ApiError(413, "payload_too_large",
+                               f"the body is larger than the limit of {limit} bytes",
+                               {"limit": limit})
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._size += len(chunk)
+        limit = self.app.config.api.max_body_bytes
+        if self._size > limit:
+            self._chunks = []
+            self.send_api_error(ApiError(413, "payload_too_large",
+                                         f"the body is larger than the limit of {limit} bytes",
+                                         {"limit": limit}))
+            return
+        self._chunks.append(chunk)
+
+    def json_body(self) -> Any:
+        raw = b"".join(self._chunks)
+        content_type = self.request.headers.get("Content-Type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise ApiError(415, "unsupported_media_type",
+                           "send the body as JSON with Content-Type: application/json",
+                           {"content_type": content_type[:100]})
+        if not raw.strip():
+            raise bad_request("the body is empty; send a JSON object")
+        try:
+            return values.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise bad_request("the body is not valid UTF-8") from None
+        except (ValueError, RecursionError) as exc:
+            raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
 
     def options(self, *args: Any) -> None:
         if self._finished:

@@ -17,6 +17,7 @@ import pluggy
 if TYPE_CHECKING:
     from pylight.app import Pylight
     from pylight.backend import Backend
+    from pylight.hub import Change
 
 hookspec = pluggy.HookspecMarker("pylight")
 
@@ -73,4 +74,24 @@ def pylight_shutdown(app: Pylight) -> Any:
     awaitable result, then closes the database pool.
 
     Returns: ignored. All implementations run.
+    """
+
+
+@hookspec(firstresult=True)
+def pylight_format_notification(change: Change, seq: int) -> dict[str, Any] | None:
+    """Shape the WebSocket message for one committed change.
+
+    Called once per change (not once per subscriber) on the event loop, right
+    after the change was given its ``seq``. ``change`` is a
+    :class:`pylight.hub.Change` (``table``, ``event``, ``pk``, ``record``,
+    ``old``, ``at``) holding JSON values of visible columns only. Return a
+    JSON-serialisable dict; it is encoded once and sent to every subscriber
+    whose filter matches. When a filtered subscriber's row moved out of its
+    filter, Pylight sends the same dict with ``"matches": false`` added.
+
+    The bundled ``pylight_formatter`` plugin (``trylast``) produces the
+    contract's default shape; an implementation registered by another plugin
+    runs first and replaces it.
+
+    Returns: the message dict. First result: the first non-None wins.
     """

@@ -1,12 +1,20 @@
-"""The in-process publish point for committed changes, owned by the app."""
+"""The publish point for committed changes: per-table seq, replay ring and subscribers.
+
+The hub does not care where a change came from (this process's REST writes,
+a change-capture reader, a bus from other processes): ``publish`` takes a
+change, numbers it, keeps it for resume and hands it to the subscribers.
+"""
 
 from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from pylight import values
 
 log = logging.getLogger("pylight")
 
@@ -32,21 +40,81 @@ class Change:
     at: datetime.datetime = field(default_factory=utcnow)
 
 
+class Notice:
+    """A numbered change with its message, encoded at most once per variant."""
+
+    __slots__ = ("change", "seq", "message", "_text", "_unmatched")
+
+    def __init__(self, change: Change, seq: int, message: dict[str, Any]) -> None:
+        self.change = change
+        self.seq = seq
+        self.message = message
+        self._text: str | None = None
+        self._unmatched: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = values.dumps(self.message)
+        return self._text
+
+    @property
+    def unmatched_text(self) -> str:
+        """The message with ``"matches": false``, for a row that left a subscriber's filter."""
+        if self._unmatched is None:
+            self._unmatched = values.dumps({**self.message, "matches": False})
+        return self._unmatched
+
+
+class Subscriber(Protocol):
+    def deliver(self, notice: Notice) -> None:
+        """Queue ``notice`` for the client (or drop it if the filter says so)."""
+
+
+Formatter = Callable[[Change, int], dict[str, Any]]
 Listener = Callable[[Change], None]
 
 
+class Feed:
+    """One table's live state: the last seq, the replay ring and the subscribers."""
+
+    def __init__(self, table: str, replay_buffer: int) -> None:
+        self.table = table
+        self.seq = 0
+        self.ring: deque[Notice] = deque(maxlen=max(replay_buffer, 0))
+        self.subscribers: set[Subscriber] = set()
+
+    def since(self, seq: int) -> Iterator[Notice] | None:
+        """The buffered notices after ``seq``, or None if they cannot all be given."""
+        if seq > self.seq:
+            return None  # ahead of us: the server restarted since the client saw it
+        if seq == self.seq:
+            return iter(())
+        oldest = self.ring[0].seq if self.ring else self.seq + 1
+        if seq + 1 < oldest:
+            return None
+        return (notice for notice in self.ring if notice.seq > seq)
+
+
 class Hub:
-    """Receives every committed change and hands it to the table's listeners.
-
-    A change may come from this process's REST writes or from elsewhere (a
-    change-capture reader, a bus); listeners cannot tell and need not care.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, formatter: Formatter, replay_buffer: int = 10000) -> None:
+        self.formatter = formatter
+        self.replay_buffer = replay_buffer
+        self.feeds: dict[str, Feed] = {}
         self._listeners: dict[str | None, list[Listener]] = {}
 
+    def feed(self, table: str) -> Feed:
+        feed = self.feeds.get(table)
+        if feed is None:
+            feed = self.feeds[table] = Feed(table, self.replay_buffer)
+        return feed
+
     def subscribe(self, table: str | None, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(change)`` for every change of ``table`` (None: every table)."""
+        """Call ``listener(change)`` for every change of ``table`` (None: every table).
+
+        For in-process consumers (plugins, tests); WebSocket clients attach to
+        the table's :class:`Feed` instead.
+        """
         self._listeners.setdefault(table, []).append(listener)
 
         def unsubscribe() -> None:
@@ -55,10 +123,25 @@ class Hub:
                 listeners.remove(listener)
         return unsubscribe
 
-    def publish(self, change: Change) -> None:
+    def publish(self, change: Change, seq: int | None = None) -> Notice:
+        """Number ``change`` (or take ``seq`` from its origin), keep it and fan it out.
+
+        Runs on the event loop, so numbering, buffering and delivery of one
+        change never interleave with another's or with a subscriber joining.
+        """
+        feed = self.feed(change.table)
+        feed.seq = seq if seq is not None else feed.seq + 1
+        notice = Notice(change, feed.seq, self.formatter(change, feed.seq))
+        feed.ring.append(notice)
+        for subscriber in list(feed.subscribers):
+            try:
+                subscriber.deliver(notice)
+            except Exception:
+                log.exception("delivering a change of %s failed", change.table)
         for listener in [*self._listeners.get(change.table, ()), *self._listeners.get(None, ())]:
             try:
                 listener(change)
             except Exception:
                 # One broken listener must not keep the change from the others.
                 log.exception("a change listener failed for table %s", change.table)
+        return notice

@@ -38,7 +38,20 @@ def make_plugin_manager(load: Iterable[str] = (), entry_points: bool = True) -> 
                 f"[plugins] load: cannot import plugin module {name!r} ({exc}); "
                 "check the name and that it is installed"
             ) from None
-        pm.register(module, name=name)
+        except Exception as exc:  # the module itself is broken: still one line, no traceback
+            raise StartupError(
+                f"[plugins] load: plugin module {name!r} failed while importing: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        if pm.is_registered(module):
+            # Already loaded through its entry point (e.g. a bundled backend
+            # named in `load` too); pluggy would refuse a second registration.
+            continue
+        try:
+            pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            # e.g. a hook implementation taking an argument its spec does not have
+            raise StartupError(f"[plugins] load: plugin module {name!r} is invalid: {exc}") from None
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

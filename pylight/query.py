@@ -434,3 +434,112 @@ def query_string(arguments: Mapping[str, Any], **changes: Any) -> str:
         pairs.extend((name, text) for text in _all(raw))
     pairs.extend((name, str(value)) for name, value in changes.items() if value is not None)
     return urlencode(pairs)
+
+
+# -- evaluation on a record (WebSocket filters) ------------------------------------
+#
+# The same filter, evaluated in Python on a change's record, must agree with
+# what the SQL above returns for that row: NULL makes a comparison unknown
+# (None) and `not` of unknown stays unknown, as in SQL's three-valued logic.
+
+
+def _like_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
+    body = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.compile(body, re.DOTALL | (re.IGNORECASE if case_insensitive else 0))
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}
+
+
+class Matcher:
+    """Evaluates a parsed filter on JSON records of one table, the way the backend's SQL does."""
+
+    def __init__(self, table: TableInfo, where: Group, backend: Backend) -> None:
+        self.table = table
+        self.where = where
+        self.ascii_ilike = getattr(backend, "ilike_ascii_only", False)
+        self.fold_text = getattr(backend, "text_compare_case_insensitive", False)
+        self._regex: dict[tuple[str, bool], re.Pattern[str]] = {}
+
+    def __call__(self, record: dict[str, Any] | None) -> bool:
+        if record is None:
+            return False
+        return self._eval(self.where, record) is True
+
+    def _eval(self, node: Filter, record: dict[str, Any]) -> bool | None:
+        if isinstance(node, Group):
+            results = [self._eval(member, record) for member in node.members]
+            if node.any_of:
+                value = True if True in results else (None if None in results else False)
+            else:
+                value = False if False in results else (None if None in results else True)
+            if not node.members:
+                value = True
+            return _negate(value) if node.negate else value
+        value = self._condition(node, record)
+        return _negate(value) if node.negate else value
+
+    def _python(self, name: str, raw: Any) -> Any:
+        column = self.table.columns[name]
+        try:
+            value = column.coerce(raw)
+        except values.BadValue:
+            return raw
+        if self.fold_text and column.kind == "text" and isinstance(value, str):
+            return value.lower()
+        return value
+
+    def _condition(self, node: Condition, record: dict[str, Any]) -> bool | None:
+        if node.column not in record:
+            return None
+        raw = record[node.column]
+        if node.op == "is":
+            if node.value is None:
+                return raw is None
+            return None if raw is None else bool(raw) is node.value
+        if raw is None:
+            return None
+        if node.op in ("like", "ilike"):
+            text = str(raw)
+            case_insensitive = node.op == "ilike"
+            if case_insensitive and self.ascii_ilike:
+                text, pattern = _ascii_lower(text), _ascii_lower(node.value)
+                case_insensitive = False
+            else:
+                pattern = node.value
+            key = (pattern, case_insensitive)
+            regex = self._regex.get(key)
+            if regex is None:
+                regex = self._regex[key] = _like_regex(pattern, case_insensitive)
+            return regex.fullmatch(text) is not None
+        value = self._python(node.column, raw)
+        try:
+            if node.op == "in":
+                return any(value == self._fold(node.column, item) for item in node.value)
+            target = self._fold(node.column, node.value)
+            if node.op == "eq":
+                return value == target
+            if node.op == "neq":
+                return value != target
+            if node.op == "gt":
+                return value > target
+            if node.op == "gte":
+                return value >= target
+            if node.op == "lt":
+                return value < target
+            return value <= target
+        except TypeError:
+            return None
+
+    def _fold(self, name: str, value: Any) -> Any:
+        if self.fold_text and self.table.columns[name].kind == "text" and isinstance(value, str):
+            return value.lower()
+        return value
+
+
+def _negate(value: bool | None) -> bool | None:
+    return None if value is None else not value

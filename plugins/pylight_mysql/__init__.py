@@ -26,6 +26,8 @@ _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
 class MysqlBackend(Backend):
     name = "MySQL"
     schemes = ("mysql", "mariadb")
+    # The default utf8mb4 collations compare text ignoring case.
+    text_compare_case_insensitive = True
 
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
         kwargs = self.connect_kwargs(url)

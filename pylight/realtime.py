@@ -1,0 +1,262 @@
+"""WebSocket change feeds: `/ws/<table>`, with filters, resume, heartbeats and backpressure."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from tornado.ioloop import PeriodicCallback
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from pylight import query as ql
+from pylight import values
+from pylight.errors import ApiError, bad_request, not_found
+from pylight.handlers import JsonErrors
+from pylight.hub import Feed, Notice
+from pylight.schema import TableInfo
+
+if TYPE_CHECKING:
+    from pylight.app import Pylight
+
+log = logging.getLogger("pylight")
+
+# Small kernel send buffers make a client that stopped reading visible within
+# a few messages, instead of after megabytes sit in the kernel.
+SEND_BUFFER_BYTES = 32 * 1024
+# How much of our own queue is handed to Tornado at once; Tornado's buffer is
+# unbounded, so everything beyond one batch waits in our (bounded) queue.
+BATCH_BYTES = 64 * 1024
+FEED_PARAMS = ("since", "token")
+
+
+class Connections:
+    """Every open feed connection: one timer drives all heartbeats; shutdown closes all."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.open: set[FeedHandler] = set()
+        self.dropped_by_heartbeat = 0
+        self.dropped_by_backpressure = 0
+        period = max(min(1.0, interval / 2, timeout / 2), 0.05)
+        self._timer = PeriodicCallback(self._beat, period * 1000)
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    def count(self, table: str | None = None) -> int:
+        if table is None:
+            return len(self.open)
+        return sum(1 for conn in self.open if conn.table_name == table)
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.open):
+            conn.heartbeat(now)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.open):
+            conn.close(code, reason)
+
+
+class FeedHandler(JsonErrors, WebSocketHandler):
+    """One client subscribed to one table's changes."""
+
+    app: Pylight
+
+    def initialize(self, app: Pylight) -> None:
+        self.app = app
+        self.table_name = ""
+        self.feed: Feed | None = None
+        self.matcher: ql.Matcher | None = None
+        self.since: int | None = None
+        self.queue: deque[str] = deque()
+        self.in_flight = False
+        self.closing = False
+        self.last_seen = self.last_ping = time.monotonic()
+        self.awaiting_pong = False
+
+    # -- before the upgrade: 404/400 with the REST error body ------------------------
+    def prepare(self) -> None:
+        name = self.path_args[0] if self.path_args else ""
+        table = self.app.tables.get(name)
+        if table is None:
+            raise not_found(f"no table named {name[:100]!r}", table=name[:100])
+        arguments = self.request.query_arguments
+        where = ql.parse_filters(table, arguments, ignore=FEED_PARAMS)
+        if where.members:
+            self.matcher = ql.Matcher(table, where, self.app.backend)
+        if "since" in arguments:
+            text = arguments["since"][-1].decode("utf-8", "replace")
+            if not text.isdigit() or len(text) > 18:
+                raise bad_request("since: expected the seq of the last change seen",
+                                  parameter="since")
+            self.since = int(text)
+        self.table_name = table.name
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.app.config.realtime.allowed_origins
+        if allowed:
+            return "*" in allowed or origin in allowed
+        return super().check_origin(origin)
+
+    def get_compression_options(self) -> None:
+        return None  # one encoded message goes to many clients; no per-client deflate
+
+    # -- open: hello, replay, then live ------------------------------------------------
+    def open(self, *args: Any) -> None:
+        stream = self.ws_connection.stream if self.ws_connection else None
+        if stream is not None and stream.socket is not None:
+            try:
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            except OSError:
+                pass
+        self.set_nodelay(True)
+        feed = self.app.hub.feed(self.table_name)
+        self.feed = feed
+        realtime = self.app.config.realtime
+        interval = realtime.heartbeat_interval
+        self.send_text(values.dumps({"type": "hello", "table": self.table_name, "seq": feed.seq,
+                                     "heartbeat": int(interval) if interval.is_integer()
+                                     else interval}))
+        # Replay and subscribe in one step on the event loop: no change can be
+        # published in between, so there is no gap and no duplicate at the seam.
+        if self.since is not None:
+            replay = feed.since(self.since)
+            if replay is None:
+                reason = ("since is ahead of this server (it restarted)" if self.since > feed.seq
+                          else "since is older than the replay buffer")
+                self.send_text(values.dumps({"type": "resync", "table": self.table_name,
+                                           "seq": feed.seq, "reason": reason}))
+            else:
+                self.deliver_all(replay)
+        feed.subscribers.add(self)
+        self.app.connections.open.add(self)
+
+    # -- delivery with a bounded queue ------------------------------------------------
+    def deliver_all(self, notices: Iterable[Notice]) -> None:
+        for notice in notices:
+            self.deliver(notice)
+
+    def deliver(self, notice: Notice) -> None:
+        matcher = self.matcher
+        if matcher is None:
+            self.send_text(notice.text)
+            return
+        change = notice.change
+        if matcher(change.record):
+            self.send_text(notice.text)
+        elif change.event == "updated" and matcher(change.old):
+            self.send_text(notice.unmatched_text)
+
+    def send_text(self, text: str) -> None:
+        if self.closing:
+            return
+        queue = self.queue
+        queue.append(text)
+        if len(queue) > self.app.config.realtime.max_pending:
+            self.app.connections.dropped_by_backpressure += 1
+            log.info("closing a %s feed: %d messages wait for a client that does not read",
+                     self.table_name, len(queue))
+            self.close(1013, "too many undelivered messages; reconnect with since")
+            return
+        if not self.in_flight:
+            self._flush()
+
+    def _flush(self) -> None:
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            self.queue.clear()
+            return
+        queue = self.queue
+        size = 0
+        future = None
+        try:
+            while queue and size < BATCH_BYTES:
+                text = queue.popleft()
+                size += len(text)
+                future = connection.write_message(text)
+        except (WebSocketClosedError, OSError):
+            queue.clear()
+            return
+        if future is not None:
+            self.in_flight = True
+            future.add_done_callback(self._flushed)
+
+    def _flushed(self, future: Any) -> None:
+        self.in_flight = False
+        if future.cancelled() or future.exception() is not None:
+            self.queue.clear()
+            return
+        if self.queue:
+            self._flush()
+
+    # -- client messages and heartbeats ----------------------------------------------
+    def on_message(self, message: str | bytes) -> None:
+        self.last_seen = time.monotonic()
+        try:
+            data = json.loads(message)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "ping":
+            self.send_text('{"type":"pong"}')
+        else:
+            self.send_text(values.dumps({"type": "error", "message":
+                                       'unknown message; send {"type": "ping"}'}))
+
+    def on_pong(self, data: bytes) -> None:
+        self.awaiting_pong = False
+        self.last_seen = time.monotonic()
+
+    def heartbeat(self, now: float) -> None:
+        connections = self.app.connections
+        if self.awaiting_pong and now - self.last_ping > connections.timeout:
+            connections.dropped_by_heartbeat += 1
+            self.abort()
+        elif not self.awaiting_pong and now - self.last_ping >= connections.interval:
+            self.last_ping = now
+            self.awaiting_pong = True
+            try:
+                self.ping(b"")
+            except WebSocketClosedError:
+                self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once: a dead peer will not answer a close handshake."""
+        connection = self.ws_connection
+        if connection is not None and connection.stream is not None:
+            connection.stream.close()
+        self._forget()
+
+    # -- closing ---------------------------------------------------------------------
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closing = True
+        self.queue.clear()
+        self._forget()
+        super().close(code, reason)
+
+    def on_close(self) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        self.closing = True
+        if self.feed is not None:
+            self.feed.subscribers.discard(self)
+        self.app.connections.open.discard(self)
+        self.queue.clear()
+
+
+def routes(prefix: str, app: Pylight) -> list[tuple[str, type, dict[str, Any]]]:
+    return [(rf"{prefix}/([^/]+)", FeedHandler, {"app": app})]
+
+
+__all__ = ["ApiError", "Connections", "FeedHandler", "TableInfo", "routes"]
