@@ -11,7 +11,7 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import demo, openapi, realtime, rest
+from pylight import demo, openapi, realtime, rest, web
 from pylight.backend import Backend, redact_url, url_scheme
 from pylight.config import Config
 from pylight.db import Database
@@ -82,6 +82,7 @@ class Pylight:
         handlers.extend(rest.routes(self.config.api.prefix, self))
         if self.config.realtime.enabled:
             handlers.extend(realtime.routes(self.config.realtime.prefix, self))
+            handlers.extend(web.routes())
         return tornado.web.Application(
             handlers,
             default_handler_class=NotFoundHandler,
