@@ -261,3 +261,14 @@ def make_server(io_loop: Any, database: TestDatabase, tmp_path: Any) -> Iterator
 def server(make_server: Callable[..., Server]) -> Server:
     """A server on the demo tables with default settings."""
     return make_server()
+
+
+@pytest.fixture
+def live_server(database: TestDatabase, tmp_path: Any) -> Iterator[Any]:
+    """A Pylight process on ``database`` (see tests/live_server.py); stopped afterwards."""
+    from tests.live_server import LiveServer, free_port
+
+    conf = write_config(tmp_path, database.url, {"table:users": {"hidden": "password_hash"}})
+    server = LiveServer(conf, free_port(), tmp_path).start()
+    yield server
+    server.stop()
