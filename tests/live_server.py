@@ -27,7 +27,8 @@ class LiveServer:
         self.base_url = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 15) -> LiveServer:
-        log = open(self.workdir / f"server-{self.port}.log", "ab")
+        # The child keeps writing to it after this method returns.
+        log = open(self.workdir / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pylight", "--conf", self.conf, "--port", str(self.port)],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
