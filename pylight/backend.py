@@ -44,6 +44,8 @@ class Backend:
     supports_returning = False
     #: ``SELECT ... FOR UPDATE`` locks the row read before an update or delete.
     supports_for_update = True
+    #: Table-name prefixes reserved for the database's own tables (never exposed).
+    internal_table_prefixes: tuple[str, ...] = ()
     #: ILIKE folds the case of ASCII letters only (SQLite's LIKE).
     ilike_ascii_only = False
     #: ``=``/``<`` on text ignore case (MySQL's default collations).
@@ -65,8 +67,13 @@ class Backend:
                 f"database url {redact_url(url)} names no database "
                 f"(expected {self.schemes[0]}://user:password@host:port/dbname)"
             )
-        if kwargs.get("password"):
-            kwargs["password"] = unquote(kwargs["password"])
+        # peewee hands MySQL URLs' password over as the deprecated `passwd`,
+        # which then escaped the unquoting below: `p%40ss` was sent verbatim.
+        if "passwd" in kwargs:
+            kwargs["password"] = kwargs.pop("passwd")
+        for key in ("user", "password"):
+            if kwargs.get(key):
+                kwargs[key] = unquote(kwargs[key])
         return kwargs
 
     def describe(self, db: peewee.Database) -> str:
@@ -100,6 +107,11 @@ class Backend:
     def field_for_unknown(self, raw_type: str) -> type[peewee.Field] | None:
         """A field class for a column type peewee's reflection does not know, or None."""
         return None
+
+    def column_overrides(self, db: peewee.Database, table: str) -> dict[str, type[peewee.Field]]:
+        """``{column: field class}`` for columns whose reflected type is wrong (e.g. MariaDB
+        reports JSON columns as LONGTEXT)."""
+        return {}
 
     # -- query pieces ---------------------------------------------------------
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:

@@ -72,18 +72,7 @@ class Database:
         for attempt in (1, 2):
             stage = {"committing": False}
             try:
-                with self.db.connection_context():
-                    try:
-                        if table is None:
-                            return fn(*args)
-                        return self._transaction(fn, args, table, publish, stage)
-                    except Exception as exc:
-                        if self.backend.is_disconnect(exc):
-                            # Drop this connection and the idle ones: after a
-                            # server restart they are all dead.
-                            self.db.manual_close()
-                            self.db.close_idle()
-                        raise
+                return self._on_connection(fn, args, table, publish, stage)
             except ApiError:
                 raise
             except Exception as exc:
@@ -101,6 +90,44 @@ class Database:
                     raise self.backend.down() from None
                 raise
         raise AssertionError("unreachable")
+
+    def _on_connection(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str | None,
+                       publish: tuple[IOLoop, Callable[[Any], None] | None] | None,
+                       stage: dict[str, bool]) -> Any:
+        """Run on a pooled connection; one that died is discarded, not returned to the pool.
+
+        Not ``connection_context()``: ``manual_close()`` resets the thread's
+        connection state, after which that context's exit fails with an
+        IndexError that hides the disconnect (a 500 instead of a retry).
+        """
+        db = self.db
+        try:
+            db.connect(reuse_if_open=True)
+        except Exception as exc:
+            # No connection to be had: refused, too many connections, or the
+            # login itself refused (a locked or revoked account). Whatever the
+            # driver's code, clients get 503 and the server stays up; it
+            # reconnects by itself once the database lets it in again.
+            log.warning("cannot open a database connection: %s",
+                        " ".join(str(self.backend.driver_error(exc)).split())[:200])
+            raise self.backend.down() from None
+        try:
+            if table is None:
+                return fn(*args)
+            return self._transaction(fn, args, table, publish, stage)
+        except Exception as exc:
+            if self.backend.is_disconnect(exc):
+                # Drop this connection and the idle ones: after a server
+                # restart they are all dead.
+                try:
+                    db.manual_close()
+                    db.close_idle()
+                except Exception:
+                    log.debug("discarding a dead connection failed", exc_info=True)
+            raise
+        finally:
+            if not db.is_closed():
+                db.close()  # back to the pool
 
     def _transaction(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str,
                      publish: tuple[IOLoop, Callable[[Any], None] | None] | None,

@@ -95,6 +95,26 @@ class Feed:
             return None
         return (notice for notice in self.ring if notice.seq > seq)
 
+    def after(self, seq: int, limit: int) -> list[Notice] | None:
+        """Up to ``limit`` buffered notices after ``seq``, in order; None if some were evicted.
+
+        For a resuming client that catches up a batch at a time (its queue is
+        bounded), so each batch is found by bisection, not by a scan of the ring.
+        """
+        ring = self.ring
+        if seq >= self.seq:
+            return []
+        if not ring or ring[0].seq > seq + 1:
+            return None
+        low, high = 0, len(ring)
+        while low < high:
+            middle = (low + high) // 2
+            if ring[middle].seq <= seq:
+                low = middle + 1
+            else:
+                high = middle
+        return [ring[index] for index in range(low, min(low + limit, len(ring)))]
+
 
 class Hub:
     def __init__(self, formatter: Formatter, replay_buffer: int = 10000) -> None:

@@ -55,5 +55,14 @@ def make_plugin_manager(load: Iterable[str] = (), entry_points: bool = True) -> 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise StartupError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from None
+        # Name the plugin and the hooks, not the module's repr twice.
+        plugin = pm.get_name(exc.plugin) or repr(exc.plugin)
+        unknown = sorted(
+            hook.name for hook in pm.get_hookcallers(exc.plugin) or []
+            if not hook.has_spec()
+        )
+        raise StartupError(
+            f"plugin {plugin} implements unknown hook(s) {', '.join(unknown) or '?'} "
+            "(misspelled? the known hooks are listed in pylight/hookspecs.py)"
+        ) from None
     return pm

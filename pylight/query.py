@@ -256,7 +256,8 @@ def _int_param(arguments: Mapping[str, Any], name: str) -> int | None:
         text = _first(arguments[name])
     except ValueError:
         raise bad_request(f"{name}: given more than once", parameter=name) from None
-    if not text.isdigit() or len(text) > 12:
+    # isascii(): str.isdigit() also accepts digits like "²" that int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise bad_request(f"{name}: expected a whole number >= 0, got {text[:40]!r}",
                           parameter=name)
     return int(text)
@@ -490,7 +491,7 @@ class Matcher:
         except values.BadValue:
             return raw
         if self.fold_text and column.kind == "text" and isinstance(value, str):
-            return value.lower()
+            return _ci_key(value)
         return value
 
     def _condition(self, node: Condition, record: dict[str, Any]) -> bool | None:
@@ -537,9 +538,26 @@ class Matcher:
 
     def _fold(self, name: str, value: Any) -> Any:
         if self.fold_text and self.table.columns[name].kind == "text" and isinstance(value, str):
-            return value.lower()
+            return _ci_key(value)
         return value
 
 
 def _negate(value: bool | None) -> bool | None:
     return None if value is None else not value
+
+
+# MySQL/MariaDB's default utf8mb4 collations (general_ci, and the *_ai_ci ones)
+# ignore accents as well as case, compare by the upper-case base letter (so
+# "_" sorts after "a") and ignore trailing spaces (PAD SPACE): "Éclair" equals
+# "eclair" and sorts before "m". Lower-casing alone made a subscriber's filter
+# disagree with the SQL of the same filter; this key approximates the collation.
+_CI_SPECIAL = {"ß": "S"}
+
+
+def _ci_key(text: str) -> str:
+    import unicodedata
+
+    base = "".join(ch for ch in unicodedata.normalize("NFD", text)
+                   if not unicodedata.combining(ch))
+    return "".join(_CI_SPECIAL.get(ch) or (ch.upper() if len(ch.upper()) == 1 else ch)
+                   for ch in base).rstrip(" ")

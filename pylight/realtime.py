@@ -79,7 +79,11 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.matcher: ql.Matcher | None = None
         self.since: int | None = None
         self.queue: deque[str] = deque()
+        # While a resuming client catches up, the seq of the last replayed
+        # notice; None once it is live.
+        self.cursor: int | None = None
         self.in_flight = False
+        self._refused = False
         self.closing = False
         self.last_seen = self.last_ping = time.monotonic()
         self.awaiting_pong = False
@@ -96,7 +100,8 @@ class FeedHandler(JsonErrors, WebSocketHandler):
             self.matcher = ql.Matcher(table, where, self.app.backend)
         if "since" in arguments:
             text = arguments["since"][-1].decode("utf-8", "replace")
-            if not text.isdigit() or len(text) > 18:
+            # isascii(): str.isdigit() also accepts digits like "²" that int() refuses (a 500).
+            if not (text.isascii() and text.isdigit()) or len(text) > 18:
                 raise bad_request("since: expected the seq of the last change seen",
                                   parameter="since")
             self.since = int(text)
@@ -127,19 +132,23 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.send_text(values.dumps({"type": "hello", "table": self.table_name, "seq": feed.seq,
                                      "heartbeat": int(interval) if interval.is_integer()
                                      else interval}))
-        # Replay and subscribe in one step on the event loop: no change can be
-        # published in between, so there is no gap and no duplicate at the seam.
+        # Decide on the replay and subscribe in one step on the event loop: no
+        # change can be published in between, so there is no gap and no
+        # duplicate at the seam.
         if self.since is not None:
-            replay = feed.since(self.since)
-            if replay is None:
+            if feed.since(self.since) is None:
                 reason = ("since is ahead of this server (it restarted)" if self.since > feed.seq
                           else "since is older than the replay buffer")
                 self.send_text(values.dumps({"type": "resync", "table": self.table_name,
                                            "seq": feed.seq, "reason": reason}))
             else:
-                self.deliver_all(replay)
+                # Replay from the ring a batch at a time as the client reads
+                # (queueing the whole replay at once overflowed max_pending, so a
+                # client dropped for being slow could never resume).
+                self.cursor = self.since
         feed.subscribers.add(self)
         self.app.connections.open.add(self)
+        self._catch_up()
 
     # -- delivery with a bounded queue ------------------------------------------------
     def deliver_all(self, notices: Iterable[Notice]) -> None:
@@ -147,6 +156,43 @@ class FeedHandler(JsonErrors, WebSocketHandler):
             self.deliver(notice)
 
     def deliver(self, notice: Notice) -> None:
+        if self.cursor is not None:
+            # Still catching up: this notice is in the ring and is read from
+            # there in order. Once the ring let go of what this client has yet
+            # to read, it can never catch up: drop it now, as a slow client.
+            ring = self.feed.ring if self.feed is not None else None
+            if ring and ring[0].seq > self.cursor + 1:
+                self.cursor = None
+                self._drop_slow()
+            return
+        self._deliver_now(notice)
+
+    def _replay_batch(self) -> int:
+        return max(1, min(self.app.config.realtime.max_pending // 2, 500))
+
+    def _catch_up(self) -> None:
+        """Move replayed notices from the ring to the queue while it has room."""
+        feed = self.feed
+        batch = self._replay_batch()
+        while self.cursor is not None and feed is not None and not self.closing \
+                and len(self.queue) < batch:
+            notices = feed.after(self.cursor, batch)
+            if notices is None:
+                # The ring moved on faster than this client read: the same as a
+                # client that stops reading. It can resume (and will be told to resync).
+                self.cursor = None
+                self._drop_slow()
+                return
+            if not notices:
+                self.cursor = None  # caught up; from now on changes are delivered live
+                return
+            for notice in notices:
+                if len(self.queue) >= batch or self.closing:
+                    break
+                self.cursor = notice.seq
+                self._deliver_now(notice)
+
+    def _deliver_now(self, notice: Notice) -> None:
         matcher = self.matcher
         if matcher is None:
             self.send_text(notice.text)
@@ -163,13 +209,16 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         queue = self.queue
         queue.append(text)
         if len(queue) > self.app.config.realtime.max_pending:
-            self.app.connections.dropped_by_backpressure += 1
-            log.info("closing a %s feed: %d messages wait for a client that does not read",
-                     self.table_name, len(queue))
-            self.close(1013, "too many undelivered messages; reconnect with since")
+            self._drop_slow()
             return
         if not self.in_flight:
             self._flush()
+
+    def _drop_slow(self) -> None:
+        self.app.connections.dropped_by_backpressure += 1
+        log.info("closing a %s feed: %d messages wait for a client that does not read",
+                 self.table_name, len(self.queue))
+        self.close(1013, "too many undelivered messages; reconnect with since")
 
     def _flush(self) -> None:
         connection = self.ws_connection
@@ -196,7 +245,9 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         if future.cancelled() or future.exception() is not None:
             self.queue.clear()
             return
-        if self.queue:
+        if self.cursor is not None:
+            self._catch_up()
+        if self.queue and not self.in_flight:
             self._flush()
 
     # -- client messages and heartbeats ----------------------------------------------
@@ -236,6 +287,25 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         if connection is not None and connection.stream is not None:
             connection.stream.close()
         self._forget()
+
+    # -- Tornado's own refusals, as JSON ---------------------------------------------
+    def send_api_error(self, error: ApiError) -> None:
+        self._refused = True
+        super().send_api_error(error)
+
+    def finish(self, chunk: Any = None) -> Any:
+        # Tornado refuses a request that is no upgrade (400), a foreign Origin
+        # (403) or an unknown protocol version (426) with a plain-text body;
+        # the contract says every error is the JSON error body.
+        status = self.get_status()
+        if self.ws_connection is None and status >= 400 and not self._refused:
+            codes = {400: "bad_request", 403: "forbidden", 426: "upgrade_required"}
+            message = chunk if isinstance(chunk, str) and chunk else self._reason
+            headers = {"Sec-WebSocket-Version": "13"} if status == 426 else None
+            self.send_api_error(ApiError(status, codes.get(status, "error"), message,
+                                         headers=headers))
+            return None
+        return super().finish(chunk)
 
     # -- closing ---------------------------------------------------------------------
     def close(self, code: int | None = None, reason: str | None = None) -> None:

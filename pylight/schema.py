@@ -96,6 +96,12 @@ def _field_class(column: Any, metadata: Any, backend: Backend) -> type[peewee.Fi
     return cls
 
 
+def _has_time_zone(raw_type: str) -> bool:
+    """PostgreSQL's timestamptz/timetz keep an offset; every other time column is naive."""
+    lowered = raw_type.lower()
+    return "with time zone" in lowered or lowered in ("timestamptz", "timetz")
+
+
 def _selected(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
@@ -112,7 +118,7 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
     exposed = [
         name for name in sorted(metadata.columns)
         if _selected(name, config.api.tables) and not _selected(name, config.api.exclude)
-        and not name.startswith("_pylight")
+        and not name.startswith(("_pylight", *backend.internal_table_prefixes))
     ]
     for name in config.tables:
         if name not in metadata.columns:
@@ -140,10 +146,11 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
                 f"{', '.join(sorted(hidden & set(primary_key)))}"
             )
         scales = backend.numeric_scales(db, name)
+        overrides = backend.column_overrides(db, name)
         attrs: dict[str, Any] = {}
         columns: dict[str, ColumnInfo] = {}
         for index, (column_name, column) in enumerate(reflected.items()):
-            cls = _field_class(column, metadata, backend)
+            cls = overrides.get(column_name) or _field_class(column, metadata, backend)
             params: dict[str, Any] = {"column_name": column_name, "null": True}
             if cls is peewee.DecimalField:
                 params["auto_round"] = False
@@ -169,7 +176,8 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
                 raw_type=str(column.raw_column_type),
                 precision=precision,
                 scale=scale,
-                coerce=values.coercer(kind, precision, scale),
+                coerce=values.coercer(kind, precision, scale,
+                                      zoned=_has_time_zone(str(column.raw_column_type))),
                 encode=values.encoder(kind, scale),
             )
         meta_attrs: dict[str, Any] = {"database": db, "table_name": name}

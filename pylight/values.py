@@ -7,9 +7,10 @@ import binascii
 import datetime
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import peewee
@@ -147,7 +148,17 @@ def _text(value: Any) -> str:
         raise BadValue(f"expected a string, got {_describe(value)}")
     if "\x00" in value:
         raise BadValue("text may not contain NUL characters")
+    _check_encodable(value)
     return value
+
+
+def _check_encodable(value: str) -> None:
+    # JSON may spell lone surrogates ("\ud800"); no database driver can encode
+    # them, and they would fail as a 500 deep in the driver.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadValue("text is not valid Unicode (a lone surrogate)") from None
 
 
 def _iso(parser: Callable[[str], Any], what: str) -> Callable[[Any], Any]:
@@ -180,8 +191,32 @@ def _uuid(value: Any) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    # Bodies are parsed with Decimal floats (exact decimals for DECIMAL
+    # columns), but the drivers' JSON encoders cannot serialise a Decimal:
+    # turn the numbers nested in a JSON document back into floats.
+    try:
+        return _plain_json(value)
+    except RecursionError:
+        raise BadValue("JSON document nested too deeply") from None
+
+
+def _plain_json(value: Any) -> Any:
     if isinstance(value, BigNumber):
         raise BadValue("number too large")
+    if isinstance(value, Decimal):
+        number = float(value)
+        if not math.isfinite(number):
+            raise BadValue("number out of range")
+        return number
+    if isinstance(value, str):
+        _check_encodable(value)
+        return value
+    if isinstance(value, dict):
+        for key in value:
+            _check_encodable(key)
+        return {key: _plain_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(item) for item in value]
     return value
 
 
@@ -191,6 +226,11 @@ def _any(value: Any) -> Any:
     if isinstance(value, BigNumber):
         raise BadValue("number too large")
     return value
+
+
+# Wide enough to quantize any accepted decimal (at most 1000 digits either side of
+# the point) to any column scale.
+_WIDE = Context(prec=3000)
 
 
 def decimal_coercer(precision: int | None, scale: int | None) -> Callable[[Any], Decimal]:
@@ -208,7 +248,12 @@ def decimal_coercer(precision: int | None, scale: int | None) -> Callable[[Any],
         if abs(number.adjusted()) > 1000:
             raise BadValue("decimal out of range")
         if quantum is not None:
-            number = number.quantize(quantum)
+            # The default context (28 digits) cannot quantize a large number
+            # (1e400 to 2 places raises InvalidOperation): use a wide one.
+            try:
+                number = number.quantize(quantum, context=_WIDE)
+            except InvalidOperation:
+                raise BadValue("decimal out of range") from None
         if precision is not None:
             integer_digits = precision - (scale or 0)
             if number.adjusted() >= integer_digits and number != 0:
@@ -234,20 +279,54 @@ _COERCERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def coercer(kind: str, precision: int | None = None, scale: int | None = None) -> Callable[[Any], Any]:
-    """The function turning a JSON value into the column's Python value (None passes)."""
+def coercer(kind: str, precision: int | None = None, scale: int | None = None,
+            zoned: bool = False) -> Callable[[Any], Any]:
+    """The function turning a JSON value into the column's Python value (None passes).
+
+    ``zoned``: the column keeps a UTC offset (PostgreSQL timestamptz/timetz).
+    """
     if kind == "decimal":
         return decimal_coercer(precision, scale)
+    if kind in ("datetime", "time") and not zoned:
+        return _naive_utc(_COERCERS[kind])
     return _COERCERS[kind]
 
 
+def _naive_utc(coerce: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A column without a time zone gets an offset-carrying value as naive UTC.
+
+    Left to the databases, "03:04:05+02:00" would be stored as 01:04:05
+    (PostgreSQL, session time zone UTC), as 03:04:05 (MariaDB drops the
+    offset) or as text with the offset (SQLite, then compared as text).
+    """
+    def convert(value: Any) -> Any:
+        result = coerce(value)
+        offset = result.utcoffset()
+        if offset is None:
+            return result
+        try:
+            if isinstance(result, datetime.datetime):
+                return (result - offset).replace(tzinfo=None)
+            moment = datetime.datetime.combine(datetime.date(2000, 1, 1),
+                                               result.replace(tzinfo=None))
+            return (moment - offset).time()
+        except OverflowError:  # "0001-01-01T00:00:00+01:00"
+            raise BadValue("date-time out of range") from None
+    return convert
+
+
 # -- query-string text -> JSON-like value ---------------------------------------
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
 
 def from_text(kind: str, text: str) -> Any:
     """The JSON-like value a query-string token means for a column of ``kind``."""
     if kind == "integer":
         stripped = text.strip()
-        if not stripped.lstrip("+-").isdigit() or len(stripped) > _MAX_INT_DIGITS:
+        # One optional sign, then ASCII digits ("+-1" passed lstrip("+-") and
+        # str.isdigit() accepts "²", both then failing in int() as a 500).
+        if not _INTEGER.fullmatch(stripped) or len(stripped) > _MAX_INT_DIGITS:
             raise BadValue(f"expected an integer, got {text[:40]!r}")
         return int(stripped)
     if kind == "float":
@@ -278,7 +357,10 @@ def _encode_decimal(scale: int | None) -> Callable[[Any], str]:
     def encode(value: Any) -> str:
         number = value if isinstance(value, Decimal) else Decimal(str(value))
         if quantum is not None and number.is_finite():
-            number = number.quantize(quantum)
+            try:
+                number = number.quantize(quantum, context=_WIDE)
+            except InvalidOperation:  # cannot happen within the column's precision
+                pass
         return format(number, "f")
     return encode
 

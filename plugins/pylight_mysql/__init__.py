@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import peewee
@@ -21,6 +22,27 @@ SQL_MODE = (
 _DISCONNECT = {1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 _BAD_VALUE = {1048, 1264, 1292, 1364, 1366, 1406, 3140, 3819, 4025}
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
+_JSON_CHECK = re.compile(r"json_valid\(`([^`]+)`\)", re.IGNORECASE)
+
+
+class MariaJSONField(peewee.Field):
+    """A MariaDB JSON column: text holding a JSON document. (peewee's MySQL
+    JSONField wraps values in CAST(... AS JSON), which MariaDB rejects.)"""
+
+    field_type = "JSON"
+
+    def db_value(self, value):
+        if value is None or isinstance(value, peewee.Node):
+            return value
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+    def python_value(self, value):
+        if isinstance(value, (str, bytes)):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
 
 
 class MysqlBackend(Backend):
@@ -41,6 +63,19 @@ class MysqlBackend(Backend):
 
     def current_schema_sql(self) -> str:
         return "DATABASE()"
+
+    def column_overrides(self, db: peewee.Database, table: str) -> dict[str, type[peewee.Field]]:
+        # MariaDB's JSON is LONGTEXT plus a json_valid() check: without this
+        # the column reflects as text and documents come back as strings.
+        try:
+            cursor = db.execute_sql(
+                "SELECT check_clause FROM information_schema.check_constraints "
+                "WHERE constraint_schema = DATABASE() AND table_name = %s", (table,))
+            clauses = [row[0] for row in cursor.fetchall()]
+        except peewee.DatabaseError:  # MySQL: no table_name column, JSON reflects as JSON
+            return {}
+        return {match.group(1): MariaJSONField for clause in clauses
+                if (match := _JSON_CHECK.fullmatch((clause or "").strip()))}
 
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         # Compare bytes so the result does not depend on the column's collation

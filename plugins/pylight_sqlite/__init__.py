@@ -37,6 +37,8 @@ class SqliteBackend(Backend):
     schemes = ("sqlite",)
     supports_returning = sqlite3.sqlite_version_info >= (3, 35, 0)
     supports_for_update = False  # writers are serialised by BEGIN IMMEDIATE instead
+    # sqlite_sequence (AUTOINCREMENT), sqlite_stat1 (ANALYZE) ...: SQLite's own.
+    internal_table_prefixes = ("sqlite_",)
     ilike_ascii_only = True  # SQLite's LIKE folds the case of ASCII letters only
 
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
