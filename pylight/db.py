@@ -94,7 +94,7 @@ class Database:
     def _on_connection(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str | None,
                        publish: tuple[IOLoop, Callable[[Any], None] | None] | None,
                        stage: dict[str, bool]) -> Any:
-        """Run on a pooled connection; one that died is discarded, not returned to the pool.
+        """Run on this worker's pooled connection; one that died is discarded.
 
         Not ``connection_context()``: ``manual_close()`` resets the thread's
         connection state, after which that context's exit fails with an
@@ -125,9 +125,9 @@ class Database:
                 except Exception:
                     log.debug("discarding a dead connection failed", exc_info=True)
             raise
-        finally:
-            if not db.is_closed():
-                db.close()  # back to the pool
+        # The connection stays with this worker thread (it is the pool's, checked
+        # out once): checking it in and out around every call costs as much as
+        # a small query. A dead one is discarded above and replaced next call.
 
     def _transaction(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str,
                      publish: tuple[IOLoop, Callable[[Any], None] | None] | None,

@@ -51,6 +51,8 @@ class TableInfo:
     is_view: bool = False
     read_only: bool = False
     hidden: frozenset[str] = frozenset()
+    # Statements compiled once per table (see store.py), keyed by purpose.
+    statements: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def writable(self) -> bool:

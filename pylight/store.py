@@ -77,15 +77,51 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     return page
 
 
+class _ByKey:
+    """``SELECT <columns> WHERE <key> = ? LIMIT 1``, compiled once per table.
+
+    Reading one row by key is the hottest path; peewee would rebuild the same
+    SQL text on every request, which costs about as much as the query itself.
+    """
+
+    _SLOT = object()
+
+    def __init__(self, table: TableInfo, for_update: bool) -> None:
+        self.names = list(table.columns)
+        fields = [table.columns[n].field for n in self.names]
+        self.key_fields = table.key_fields()
+        condition = None
+        for fld in self.key_fields:
+            # converter=False keeps the placeholder out of the field's db_value.
+            step = fld == peewee.Value(self._SLOT, converter=False)
+            condition = step if condition is None else condition & step
+        select = table.model.select(*fields).where(condition).limit(1)
+        if for_update:
+            select = select.for_update()
+        self.sql, params = select.sql()
+        self.slots = [i for i, param in enumerate(params) if param is self._SLOT]
+        self.params = params
+        self.converters = [fld.python_value for fld in fields]
+
+    def run(self, table: TableInfo, key: list[Any]) -> dict[str, Any] | None:
+        params = list(self.params)
+        for slot, fld, value in zip(self.slots, self.key_fields, key, strict=True):
+            params[slot] = fld.db_value(value)
+        row = table.model._meta.database.execute_sql(self.sql, params).fetchone()
+        if row is None:
+            return None
+        values = tuple(None if v is None else convert(v)
+                       for convert, v in zip(self.converters, row, strict=True))
+        return table.encode_row(self.names, values)
+
+
 def get_row(table: TableInfo, key: list[Any], for_update: bool = False,
             backend: Backend | None = None) -> dict[str, Any] | None:
-    names = list(table.columns)
-    select = table.model.select(*[table.columns[n].field for n in names])
-    select = select.where(_key_condition(table, key)).limit(1)
-    if for_update and backend is not None and backend.supports_for_update:
-        select = select.for_update()
-    rows = list(select.tuples())
-    return table.encode_row(names, rows[0]) if rows else None
+    lock = bool(for_update and backend is not None and backend.supports_for_update)
+    statement = table.statements.get(("by_key", lock))
+    if statement is None:
+        statement = table.statements[("by_key", lock)] = _ByKey(table, lock)
+    return statement.run(table, key)
 
 
 def _values(table: TableInfo, data: dict[str, Any]) -> dict[peewee.Field, Any]:
