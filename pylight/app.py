@@ -61,6 +61,7 @@ class Pylight:
         self.tables: dict[str, TableInfo] = {}
         self.server: HTTPServer | None = None
         self._openapi: dict[str, Any] | None = None
+        self._stopped = False
 
     # -- blocking start-up steps ----------------------------------------------
     def open(self) -> None:
@@ -151,6 +152,9 @@ class Pylight:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, close feeds with 1001, let in-flight requests finish, close the pool."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.server is not None:
             self.server.stop()
         self.connections.stop()

@@ -245,6 +245,10 @@ def load_config(
         name: _build(TableSettings, values, f"{source} [table:{name}]")
         for name, values in tables.items()
     }
+    api = built["api"]
+    if "default_limit" not in raw.get("api", {}) and api.default_limit > api.max_limit:
+        # Only max_limit was set: the page size follows it down.
+        built["api"] = dataclasses.replace(api, default_limit=api.max_limit)
     config = Config(
         **built, tables=table_settings, plugin_sections=plugin_sections, source=source
     )

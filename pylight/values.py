@@ -10,7 +10,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable
-from decimal import Context, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any
 
 import peewee
@@ -229,8 +229,9 @@ def _any(value: Any) -> Any:
 
 
 # Wide enough to quantize any accepted decimal (at most 1000 digits either side of
-# the point) to any column scale.
-_WIDE = Context(prec=3000)
+# the point) to any column scale; rounding half away from zero, as PostgreSQL
+# and MySQL do when they store a value with more places than the column has.
+_WIDE = Context(prec=3000, rounding=ROUND_HALF_UP)
 
 
 def decimal_coercer(precision: int | None, scale: int | None) -> Callable[[Any], Decimal]:
