@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 from typing import Any
 
 import pluggy
@@ -12,6 +13,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 
 from pylight import demo, openapi, realtime, rest, web
+from pylight.auth import Auth
 from pylight.backend import Backend, redact_url, url_scheme
 from pylight.config import Config
 from pylight.db import Database
@@ -40,6 +42,26 @@ def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
     return schemes[scheme]
 
 
+_TOKEN = re.compile(r"([?&]token=)[^&]*", re.IGNORECASE)
+access_log = logging.getLogger("tornado.access")
+
+
+def redact(uri: str) -> str:
+    """The request URI with any ``token=`` value hidden: it is a credential."""
+    return _TOKEN.sub(r"\1***", uri)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, minus credentials."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
+    request = handler.request
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact(request.uri or ""),
+                   request.remote_ip, 1000.0 * request.request_time())
+
+
 async def _await_all(results: list[Any]) -> None:
     for result in results:
         if inspect.isawaitable(result):
@@ -55,6 +77,7 @@ class Pylight:
         self.hub = Hub(self.format_notification, config.realtime.replay_buffer)
         self.connections = realtime.Connections(config.realtime.heartbeat_interval,
                                                 config.realtime.heartbeat_timeout)
+        self.auth = Auth(pm, self)
         self.in_flight: set[Any] = set()  # HTTP requests being handled, for graceful stop
         self.backend: Backend = choose_backend(pm, config.database.url)
         self.db: Database
@@ -89,6 +112,7 @@ class Pylight:
             default_handler_class=NotFoundHandler,
             default_handler_args={"app": self},
             compress_response=False,
+            log_function=log_request,
         )
 
     def describe_table(self, table: TableInfo) -> dict[str, Any]:

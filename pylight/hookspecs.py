@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from tornado.httputil import HTTPServerRequest
+
     from pylight.app import Pylight
+    from pylight.auth import Identity
     from pylight.backend import Backend
     from pylight.hub import Change
 
@@ -94,4 +97,65 @@ def pylight_format_notification(change: Change, seq: int) -> dict[str, Any] | No
     runs first and replaces it.
 
     Returns: the message dict. First result: the first non-None wins.
+    """
+
+
+@hookspec
+def pylight_authenticate(request: HTTPServerRequest, token: str | None, app: Pylight) -> Any:
+    """Identify the caller of an HTTP request or a WebSocket upgrade.
+
+    Called once per HTTP request, once before a WebSocket upgrade (so a
+    refusal is a 401 before the 101), and again on an open socket when the
+    client sends ``{"type": "auth", "token": ...}``. ``request`` is Tornado's
+    ``HTTPServerRequest`` (headers, ``query_arguments``, ``remote_ip``);
+    ``token`` is the bearer token Pylight found (``Authorization: Bearer``,
+    else ``?token=``, or the refreshed one), or None. Other credentials, such
+    as an ``X-API-Key`` header, the plugin reads from ``request`` itself.
+
+    Return a :class:`pylight.auth.Identity` when the credential is yours and
+    valid, None when there is no credential of your kind, and raise
+    ``pylight.auth.unauthorized("...")`` (a 401) when it is yours but bad
+    (wrong signature, expired, wrong audience). May be a coroutine function.
+
+    Returns: an Identity or None. All implementations run and are awaited; the
+    first non-None identity is the caller's.
+    """
+
+
+@hookspec
+def pylight_authorize(identity: Identity | None, action: str, table: str,
+                      record: dict[str, Any] | None, app: Pylight) -> Any:
+    """Allow or refuse one action on one table, and where relevant one record.
+
+    ``action`` is ``read``, ``create``, ``update`` or ``delete``; ``identity``
+    is what ``pylight_authenticate`` gave (None: anonymous). Called before a
+    REST request touches the database (``record`` None for a list, the body's
+    values for a create), with the stored row for a read of one row, an
+    update or a delete, and for every change notification before it reaches
+    each subscriber (action ``read``, ``record`` the changed row), so two
+    subscribers of one table may receive different changes.
+
+    Return False to refuse (the client gets 401 when anonymous, else 403
+    naming the missing permission), True or None to have no objection. May be
+    a coroutine function; keep it cheap, it runs once per change per
+    subscriber.
+
+    Returns: True, False or None. All implementations run; any False refuses.
+    """
+
+
+@hookspec
+def pylight_row_filter(identity: Identity | None, table: str, app: Pylight) -> str | None:
+    """Restrict which rows of ``table`` the caller sees, as a query-language filter.
+
+    Return a query string in the REST query language, e.g.
+    ``"user_id=eq.7"`` or ``"or=(owner.eq.7,public.is.true)"``, or None for
+    no restriction. The filter is ANDed into every REST read (a row outside
+    it is a 404), checked on every row a create or update stores (a 403 and
+    nothing is written otherwise), and ANDed into the subscriber's filter on
+    ``/ws/<table>``, so a user sees only their own rows over REST and
+    WebSocket alike. Called on the event loop; must not block.
+
+    Returns: a filter string or None. All implementations run; their filters
+    are ANDed.
     """

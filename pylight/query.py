@@ -264,9 +264,9 @@ def _int_param(arguments: Mapping[str, Any], name: str) -> int | None:
 
 
 def parse_list_query(table: TableInfo, arguments: Mapping[str, Any], default_limit: int,
-                     max_limit: int) -> ListQuery:
+                     max_limit: int, ignore: Iterable[str] = ()) -> ListQuery:
     """A list request's parameters, validated against ``table``."""
-    where = parse_filters(table, arguments)
+    where = parse_filters(table, arguments, ignore)
     limit = _int_param(arguments, "limit")
     limit = default_limit if limit is None else min(limit, max_limit)
     offset = _int_param(arguments, "offset") or 0

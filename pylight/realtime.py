@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import socket
@@ -10,11 +12,12 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from pylight import query as ql
 from pylight import values
+from pylight.auth import Identity
 from pylight.errors import ApiError, bad_request, not_found
 from pylight.handlers import JsonErrors
 from pylight.hub import Feed, Notice
@@ -87,17 +90,21 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.closing = False
         self.last_seen = self.last_ping = time.monotonic()
         self.awaiting_pong = False
+        self.table: TableInfo | None = None
+        self.where = ql.Group(())
+        self.identity: Identity | None = None
+        self.row_matcher: ql.Matcher | None = None
+        self.pending_verdict: asyncio.Future[None] | None = None
+        self.expiry: Any = None
 
     # -- before the upgrade: 404/400 with the REST error body ------------------------
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         name = self.path_args[0] if self.path_args else ""
         table = self.app.tables.get(name)
         if table is None:
             raise not_found(f"no table named {name[:100]!r}", table=name[:100])
         arguments = self.request.query_arguments
         where = ql.parse_filters(table, arguments, ignore=FEED_PARAMS)
-        if where.members:
-            self.matcher = ql.Matcher(table, where, self.app.backend)
         if "since" in arguments:
             text = arguments["since"][-1].decode("utf-8", "replace")
             # isascii(): str.isdigit() also accepts digits like "²" that int() refuses (a 500).
@@ -106,6 +113,24 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                                   parameter="since")
             self.since = int(text)
         self.table_name = table.name
+        self.table = table
+        self.where = where
+        auth = self.app.auth
+        if auth.enabled:
+            # Refused before the 101: 401 without a valid credential, 403 without
+            # the read permission.
+            self.identity = await auth.authenticate(self.request)
+            await auth.authorize(self.identity, "read", table.name)
+        self._set_matchers()
+
+    def _set_matchers(self) -> None:
+        """The subscriber's own filter ANDed with the rows its identity may see."""
+        assert self.table is not None
+        rows = self.app.auth.row_filter(self.identity, self.table) if self.app.auth.enabled \
+            else None
+        self.row_matcher = ql.Matcher(self.table, rows, self.app.backend) if rows else None
+        where = self.where if rows is None else ql.Group((self.where, rows))
+        self.matcher = ql.Matcher(self.table, where, self.app.backend) if where.members else None
 
     def check_origin(self, origin: str) -> bool:
         allowed = self.app.config.realtime.allowed_origins
@@ -148,6 +173,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                 self.cursor = self.since
         feed.subscribers.add(self)
         self.app.connections.open.add(self)
+        self._schedule_expiry()
         self._catch_up()
 
     # -- delivery with a bounded queue ------------------------------------------------
@@ -194,14 +220,56 @@ class FeedHandler(JsonErrors, WebSocketHandler):
 
     def _deliver_now(self, notice: Notice) -> None:
         matcher = self.matcher
-        if matcher is None:
-            self.send_text(notice.text)
-            return
         change = notice.change
-        if matcher(change.record):
-            self.send_text(notice.text)
+        if matcher is None or matcher(change.record):
+            if self.app.auth.authorizes:
+                self._send_if_allowed(notice, change.record, notice.text)
+            else:
+                self.send_text(notice.text)
         elif change.event == "updated" and matcher(change.old):
-            self.send_text(notice.unmatched_text)
+            if self.row_matcher is not None and not self.row_matcher(change.record):
+                # The row left the rows this identity may see: say so without
+                # showing what it became.
+                self._send_if_allowed(notice, change.old, self._exit_text(notice))
+            elif self.app.auth.authorizes:
+                self._send_if_allowed(notice, change.record, notice.unmatched_text)
+            else:
+                self.send_text(notice.unmatched_text)
+
+    def _exit_text(self, notice: Notice) -> str:
+        change = notice.change
+        key = self.table.key_of(change.old) if self.table and change.old else change.pk
+        return values.dumps({"type": "change", "event": "updated", "table": change.table,
+                             "seq": notice.seq, "pk": key, "record": None, "old": None,
+                             "matches": False})
+
+    def _send_if_allowed(self, notice: Notice, record: dict[str, Any] | None, text: str) -> None:
+        """Send ``text`` if the authorisation hooks let this subscriber read ``record``.
+
+        A hook may be async; later notices then wait for earlier verdicts, so
+        the client still receives its changes in seq order.
+        """
+        verdict = self.app.auth.may_read(self.identity, notice.change.table, record)
+        if self.pending_verdict is None and not inspect.isawaitable(verdict):
+            if verdict:
+                self.send_text(text)
+            return
+        previous = self.pending_verdict
+
+        async def in_order() -> None:
+            if previous is not None:
+                await previous
+            allowed = await verdict if inspect.isawaitable(verdict) else verdict
+            if allowed:
+                self.send_text(text)
+
+        task = asyncio.ensure_future(in_order())
+        self.pending_verdict = task
+
+        def settled(done: Any) -> None:
+            if self.pending_verdict is done:
+                self.pending_verdict = None
+        task.add_done_callback(settled)
 
     def send_text(self, text: str) -> None:
         if self.closing:
@@ -260,9 +328,46 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "ping":
             self.send_text('{"type":"pong"}')
+        elif kind == "auth" and isinstance(data.get("token"), str):
+            asyncio.ensure_future(self._refresh(data["token"]))
         else:
             self.send_text(values.dumps({"type": "error", "message":
                                        'unknown message; send {"type": "ping"}'}))
+
+    async def _refresh(self, token: str) -> None:
+        """Replace the identity with the one ``token`` proves, before the old one expires."""
+        if not self.app.auth.authenticates:
+            self.send_text(values.dumps({"type": "error", "code": "unsupported",
+                                         "message": "no auth plugin is enabled"}))
+            return
+        try:
+            identity = await self.app.auth.authenticate(self.request, token=token)
+            if identity is None:
+                raise ApiError(401, "unauthorized", "the token was not accepted")
+            await self.app.auth.authorize(identity, "read", self.table_name)
+        except ApiError as exc:
+            self.send_text(values.dumps({"type": "error", "code": exc.code,
+                                         "message": exc.message}))
+            return
+        self.identity = identity
+        self._set_matchers()
+        self._schedule_expiry()
+        self.send_text(values.dumps({"type": "auth", "ok": True, "subject": identity.subject,
+                                     "expires_at": identity.expires_at}))
+
+    def _schedule_expiry(self) -> None:
+        loop = IOLoop.current()
+        if self.expiry is not None:
+            loop.remove_timeout(self.expiry)
+            self.expiry = None
+        expires_at = self.identity.expires_at if self.identity is not None else None
+        if expires_at is not None:
+            self.expiry = loop.call_later(max(expires_at - time.time(), 0), self._expired)
+
+    def _expired(self) -> None:
+        self.expiry = None
+        if not self.closing:
+            self.close(4401, "token expired; reconnect or send a fresh token first")
 
     def on_pong(self, data: bytes) -> None:
         self.awaiting_pong = False
@@ -319,6 +424,9 @@ class FeedHandler(JsonErrors, WebSocketHandler):
 
     def _forget(self) -> None:
         self.closing = True
+        if self.expiry is not None:
+            IOLoop.current().remove_timeout(self.expiry)
+            self.expiry = None
         if self.feed is not None:
             self.feed.subscribers.discard(self)
         self.app.connections.open.discard(self)

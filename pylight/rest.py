@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from pylight import query as ql
 from pylight import store, values
+from pylight.auth import Identity
 from pylight.errors import ApiError, bad_request, method_not_allowed, not_found, unprocessable
 from pylight.handlers import BaseHandler
 from pylight.schema import TableInfo
@@ -15,6 +16,16 @@ WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 class TableHandler(BaseHandler):
+    identity: Identity | None = None
+
+    async def prepare(self) -> None:
+        super().prepare()
+        if self.app.auth.enabled and not self._finished:
+            self.identity = await self.app.auth.authenticate(self.request)
+
+    def row_check(self, table: TableInfo) -> ql.Matcher | None:
+        return self.app.auth.matcher(self.identity, table) if self.app.auth.enabled else None
+
     def table(self, name: str) -> TableInfo:
         table = self.app.tables.get(name)
         if table is None:
@@ -63,13 +74,25 @@ class CollectionHandler(TableHandler):
         table = self.table(name)
         api = self.app.config.api
         arguments = self.request.query_arguments
-        q = ql.parse_list_query(table, arguments, api.default_limit, api.max_limit)
+        auth = self.app.auth
+        # ?token= is a credential for browsers, never a column filter (and never
+        # copied into a next link).
+        ignore = ("token",) if auth.authenticates else ()
+        q = ql.parse_list_query(table, arguments, api.default_limit, api.max_limit, ignore)
+        if auth.enabled:
+            await auth.authorize(self.identity, "read", table.name)
+            rows = auth.row_filter(self.identity, table)
+            if rows is not None:
+                q.where = ql.Group((q.where, rows))
         page = await self.app.db.read(store.list_rows, table, self.app.backend, q)
         link = None
+        drop = dict.fromkeys(ignore)
         if page.after is not None:
-            link = ql.query_string(arguments, offset=None, after=page.after, limit=q.limit)
+            link = ql.query_string(arguments, offset=None, after=page.after, limit=q.limit,
+                                   **drop)
         elif page.next_offset is not None:
-            link = ql.query_string(arguments, after=None, offset=page.next_offset, limit=q.limit)
+            link = ql.query_string(arguments, after=None, offset=page.next_offset,
+                                   limit=q.limit, **drop)
         payload: dict[str, Any] = {
             "items": page.items,
             "next": f"{api.prefix}/{quote(table.name)}?{link}" if link is not None else None,
@@ -94,8 +117,12 @@ class CollectionHandler(TableHandler):
             rows = [self.coerce_row(table, body, False)]
         else:
             raise bad_request("expected a JSON object, or an array of objects")
+        if self.app.auth.enabled:
+            for item in body if many else [body]:
+                await self.app.auth.authorize(self.identity, "create", table.name, item)
         records = await self.app.db.write(table.name, store.insert_rows, table,
-                                          self.app.backend, rows, publish=self.app.hub.publish)
+                                          self.app.backend, rows, self.row_check(table),
+                                          publish=self.app.hub.publish)
         if many:
             self.write_json({"items": records}, 201)
             return
@@ -131,9 +158,21 @@ class ItemHandler(TableHandler):
         table = self.table(name)
         key = self.key(table, key_text)
         record = await self.app.db.read(store.get_row, table, key)
-        if record is None:
+        check = self.row_check(table)
+        if record is None or (check is not None and not check(record)):
             raise not_found(f"no row in {table.name!r} with key {key_text[:100]!r}")
+        if self.app.auth.enabled:
+            await self.app.auth.authorize(self.identity, "read", table.name, record)
         self.write_json(record)
+
+    async def authorize_change(self, table: TableInfo, action: str, key: list[Any]) -> None:
+        """Record-level authorisation of an update or delete, on the row as stored now."""
+        auth = self.app.auth
+        await auth.authorize(self.identity, action, table.name)
+        if auth.authorizes:
+            record = await self.app.db.read(store.get_row, table, key)
+            if record is not None:
+                await auth.authorize(self.identity, action, table.name, record)
 
     async def put(self, name: str, key_text: str) -> None:
         if self._finished:
@@ -142,8 +181,11 @@ class ItemHandler(TableHandler):
         key = self.key(table, key_text)
         self.check_writable(table, ["GET"])
         row = self.coerce_row(table, self.json_body(), True)
+        if self.app.auth.enabled:
+            await self.authorize_change(table, "update", key)
         record = await self.app.db.write(table.name, store.update_row, table, self.app.backend,
-                                         key, row, publish=self.app.hub.publish)
+                                         key, row, self.row_check(table),
+                                         publish=self.app.hub.publish)
         self.write_json(record)
 
     patch = put
@@ -154,19 +196,28 @@ class ItemHandler(TableHandler):
         table = self.table(name)
         key = self.key(table, key_text)
         self.check_writable(table, ["GET"])
+        if self.app.auth.enabled:
+            await self.authorize_change(table, "delete", key)
         await self.app.db.write(table.name, store.delete_row, table, self.app.backend, key,
-                                publish=self.app.hub.publish)
+                                self.row_check(table), publish=self.app.hub.publish)
         self.set_status(204)
         self._cors()
         self.clear_header("Content-Type")
         self.finish()
 
 
-class SchemaHandler(BaseHandler):
-    def get(self) -> None:
+class SchemaHandler(TableHandler):
+    async def get(self) -> None:
         if self._finished:
             return
-        self.write_json({"tables": [self.app.describe_table(t) for t in self.app.tables.values()]})
+        tables = []
+        for table in self.app.tables.values():
+            try:
+                await self.app.auth.authorize(self.identity, "read", table.name)
+            except ApiError:
+                continue  # list only what the caller may read
+            tables.append(self.app.describe_table(table))
+        self.write_json({"tables": tables})
 
 
 class OpenApiHandler(BaseHandler):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import peewee
 
 from pylight import query as ql
+from pylight.auth import forbidden
 from pylight.backend import Backend
 from pylight.errors import not_found
 from pylight.hub import Change
 from pylight.schema import TableInfo
+
+RowCheck = Callable[[dict[str, Any]], bool]
 
 
 @dataclass
@@ -134,8 +138,14 @@ def _key_from(table: TableInfo, data: dict[str, Any], fallback: list[Any] | None
     return [data.get(name, old) for name, old in zip(table.primary_key, fallback, strict=False)]
 
 
-def insert_rows(table: TableInfo, backend: Backend,
-                rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Change]]:
+def _check(table: TableInfo, check: RowCheck | None, record: dict[str, Any] | None) -> None:
+    """Refuse (and so roll back) a write whose row falls outside the caller's row filter."""
+    if check is not None and record is not None and not check(record):
+        raise forbidden(f"the row is outside the rows you may change in {table.name!r}")
+
+
+def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
+                check: RowCheck | None = None) -> tuple[list[dict[str, Any]], list[Change]]:
     names = list(table.columns)
     records = []
     for data in rows:
@@ -157,15 +167,24 @@ def insert_rows(table: TableInfo, backend: Backend,
                 # No key to read the row back by: answer with what was stored.
                 record = table.encode_row(list(data), tuple(data.values()))
         records.append(record)
+    for record in records:
+        _check(table, check, record)
     changes = [Change(table.name, "created", table.key_of(r), r) for r in records]
     return records, changes
 
 
-def update_row(table: TableInfo, backend: Backend, key: list[Any],
-               data: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+def _locked_row(table: TableInfo, backend: Backend, key: list[Any],
+                check: RowCheck | None) -> dict[str, Any]:
     old = get_row(table, key, for_update=True, backend=backend)
-    if old is None:
+    if old is None or (check is not None and not check(old)):
+        # A row outside the caller's row filter does not exist for them.
         raise not_found(f"no row in {table.name!r} with key {_show(key)}")
+    return old
+
+
+def update_row(table: TableInfo, backend: Backend, key: list[Any], data: dict[str, Any],
+               check: RowCheck | None = None) -> tuple[dict[str, Any], list[Change]]:
+    old = _locked_row(table, backend, key, check)
     if not data:
         return old, []
     table.model.update(_values(table, data)).where(_key_condition(table, key)).execute()
@@ -173,13 +192,13 @@ def update_row(table: TableInfo, backend: Backend, key: list[Any],
     record = get_row(table, new_key)
     if record is None:  # the new key was coerced by the database in a way we cannot follow
         raise not_found(f"the updated row in {table.name!r} can no longer be read back")
+    _check(table, check, record)
     return record, [Change(table.name, "updated", table.key_of(record), record, old)]
 
 
-def delete_row(table: TableInfo, backend: Backend, key: list[Any]) -> tuple[None, list[Change]]:
-    old = get_row(table, key, for_update=True, backend=backend)
-    if old is None:
-        raise not_found(f"no row in {table.name!r} with key {_show(key)}")
+def delete_row(table: TableInfo, backend: Backend, key: list[Any],
+               check: RowCheck | None = None) -> tuple[None, list[Change]]:
+    old = _locked_row(table, backend, key, check)
     table.model.delete().where(_key_condition(table, key)).execute()
     return None, [Change(table.name, "deleted", table.key_of(old), old)]
 
