@@ -44,6 +44,8 @@ class Backend:
     supports_returning = False
     #: ``SELECT ... FOR UPDATE`` locks the row read before an update or delete.
     supports_for_update = True
+    #: The database lets one transaction write at a time (Pylight queues writers itself).
+    single_writer = False
     #: Table-name prefixes reserved for the database's own tables (never exposed).
     internal_table_prefixes: tuple[str, ...] = ()
     #: ILIKE folds the case of ASCII letters only (SQLite's LIKE).

@@ -43,7 +43,7 @@ class Change:
 class Notice:
     """A numbered change with its message, encoded at most once per variant."""
 
-    __slots__ = ("change", "seq", "message", "_text", "_unmatched")
+    __slots__ = ("change", "seq", "message", "_text", "_unmatched", "wire")
 
     def __init__(self, change: Change, seq: int, message: dict[str, Any]) -> None:
         self.change = change
@@ -51,6 +51,9 @@ class Notice:
         self.message = message
         self._text: str | None = None
         self._unmatched: str | None = None
+        # Transport encodings of the texts (e.g. WebSocket frames), made once
+        # by the transport and shared by all its subscribers.
+        self.wire: dict[Any, bytes] = {}
 
     @property
     def text(self) -> str:

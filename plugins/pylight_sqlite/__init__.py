@@ -39,6 +39,7 @@ class SqliteBackend(Backend):
     supports_for_update = False  # writers are serialised by BEGIN IMMEDIATE instead
     # sqlite_sequence (AUTOINCREMENT), sqlite_stat1 (ANALYZE) ...: SQLite's own.
     internal_table_prefixes = ("sqlite_",)
+    single_writer = True
     ilike_ascii_only = True  # SQLite's LIKE folds the case of ASCII letters only
 
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
