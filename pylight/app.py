@@ -113,6 +113,8 @@ class Pylight:
             default_handler_args={"app": self},
             compress_response=False,
             log_function=log_request,
+            # A larger client message closes its socket with 1009.
+            websocket_max_message_size=self.config.realtime.max_message_bytes,
         )
 
     def describe_table(self, table: TableInfo) -> dict[str, Any]:

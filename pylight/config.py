@@ -55,6 +55,15 @@ class RealtimeSettings:
     replay_buffer: int = setting(10000, "recent changes kept per table for since= resume")
     max_pending: int = setting(1000, "undelivered messages per connection before it is dropped")
     allowed_origins: list[str] = setting([], "WebSocket Origin allow-list (empty: same host only)")
+    max_message_bytes: int = setting(
+        65536, "largest message a client may send, in bytes (larger: closed with 1009)")
+    max_connections: int = setting(
+        10000, "open feed connections in total (more: upgrade refused with 503; 0: no limit)")
+    max_connections_per_client: int = setting(
+        1000, "open feed connections per client address (more: 503; 0: no limit)")
+    max_messages_per_second: int = setting(
+        50, "messages a client may send per second, bursts of twice that allowed "
+        "(more: closed with 1008; 0: no limit)")
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,8 @@ def _check(config: Config) -> None:
             )
     if config.realtime.heartbeat_interval <= 0:
         raise StartupError(f"{where}: [realtime] heartbeat_interval must be greater than 0")
+    if config.realtime.max_message_bytes < 1:
+        raise StartupError(f"{where}: [realtime] max_message_bytes must be at least 1")
 
 
 def load_config(

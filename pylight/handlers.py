@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from pylight import values
+from pylight.auth import redact_uri
 from pylight.errors import ApiError, bad_request
 
 if TYPE_CHECKING:
@@ -18,6 +19,18 @@ log = logging.getLogger("pylight")
 _REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
             405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
             415: "unsupported_media_type", 422: "unprocessable", 503: "unavailable"}
+
+
+def origin_allowed(origin: str, allowed: list[str]) -> bool:
+    """Whether ``origin`` (an Origin header) is in an allow-list of origins or ``*``.
+
+    Scheme and host compare case-insensitively and a listed origin may end in
+    ``/``, as browsers never send one; anything else must match exactly.
+    """
+    if "*" in allowed:
+        return True
+    wanted = origin.strip().lower()
+    return any(entry.strip().rstrip("/").lower() == wanted for entry in allowed)
 
 
 class JsonErrors:
@@ -58,7 +71,8 @@ class JsonErrors:
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, (ApiError, HTTPError)):
-            log.debug("%s %s -> %s", self.request.method, self.request.uri, value)
+            # redact_uri: a browser's ?token= is a credential and must not reach the log.
+            log.debug("%s %s -> %s", self.request.method, redact_uri(self.request.uri or ""), value)
             return
         super().log_exception(typ, value, tb)
 
@@ -70,15 +84,17 @@ class JsonErrors:
             return None
         if "*" in origins:
             return "*"
-        return origin if origin in origins else None
+        return origin if origin_allowed(origin, origins) else None
 
     def _cors(self) -> None:
+        origins = self.app.config.api.cors_origins
+        if origins and "*" not in origins:
+            # The answer depends on Origin, allowed or not: caches must keep them apart.
+            self.set_header("Vary", "Origin")
         allowed = self._allowed_origin()
         if allowed:
             self.set_header("Access-Control-Allow-Origin", allowed)
             self.set_header("Access-Control-Expose-Headers", "Location, Retry-After")
-            if allowed != "*":
-                self.add_header("Vary", "Origin")
 
 
 @stream_request_body
@@ -101,6 +117,11 @@ class BaseHandler(JsonErrors, RequestHandler):
 
     # -- request body --------------------------------------------------------
     def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            # A preflight carries no credentials: answer it here, before any
+            # authentication a subclass's prepare() would do.
+            self.options()
+            return
         limit = self.app.config.api.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None:

@@ -7,19 +7,21 @@ import inspect
 import json
 import logging
 import socket
+import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from pylight import query as ql
 from pylight import values
 from pylight.auth import Identity
-from pylight.errors import ApiError, bad_request, not_found
-from pylight.handlers import JsonErrors
+from pylight.errors import ApiError, bad_request, not_found, unavailable
+from pylight.handlers import JsonErrors, origin_allowed
 from pylight.hub import Feed, Notice
 from pylight.schema import TableInfo
 
@@ -37,6 +39,28 @@ BATCH_BYTES = 64 * 1024
 FEED_PARAMS = ("since", "token")
 
 
+def text_frame(text: str) -> bytes:
+    """One unmasked, unfragmented, uncompressed WebSocket text frame (RFC 6455 5.2)."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def notice_frame(notice: Notice, unmatched: bool = False) -> bytes:
+    """The frame of a notice's message, built once and shared by every subscriber."""
+    frame = notice.wire.get(unmatched)
+    if frame is None:
+        frame = notice.wire[unmatched] = text_frame(
+            notice.unmatched_text if unmatched else notice.text)
+    return frame
+
+
 class Connections:
     """Every open feed connection: one timer drives all heartbeats; shutdown closes all."""
 
@@ -44,8 +68,12 @@ class Connections:
         self.interval = interval
         self.timeout = timeout
         self.open: set[FeedHandler] = set()
+        # Open connections per client address, kept with `open` by add()/discard().
+        self.per_client: Counter[str] = Counter()
         self.dropped_by_heartbeat = 0
         self.dropped_by_backpressure = 0
+        self.refused_by_limit = 0
+        self.closed_by_rate = 0
         period = max(min(1.0, interval / 2, timeout / 2), 0.05)
         self._timer = PeriodicCallback(self._beat, period * 1000)
 
@@ -54,6 +82,28 @@ class Connections:
 
     def stop(self) -> None:
         self._timer.stop()
+
+    def add(self, conn: FeedHandler) -> None:
+        if conn not in self.open:
+            self.open.add(conn)
+            self.per_client[conn.client] += 1
+
+    def discard(self, conn: FeedHandler) -> None:
+        if conn in self.open:
+            self.open.discard(conn)
+            left = self.per_client[conn.client] - 1
+            if left > 0:
+                self.per_client[conn.client] = left
+            else:
+                del self.per_client[conn.client]
+
+    def over_limit(self, client: str, total: int, per_client: int) -> str | None:
+        """Why one more connection from ``client`` is too many (None: it is not); 0 is no limit."""
+        if total and len(self.open) >= total:
+            return f"the server has its maximum of {total} WebSocket connections"
+        if per_client and self.per_client[client] >= per_client:
+            return f"this client has its maximum of {per_client} WebSocket connections"
+        return None
 
     def count(self, table: str | None = None) -> int:
         if table is None:
@@ -81,7 +131,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.feed: Feed | None = None
         self.matcher: ql.Matcher | None = None
         self.since: int | None = None
-        self.queue: deque[str] = deque()
+        self.queue: deque[bytes] = deque()  # ready WebSocket frames
         # While a resuming client catches up, the seq of the last replayed
         # notice; None once it is live.
         self.cursor: int | None = None
@@ -96,9 +146,14 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.row_matcher: ql.Matcher | None = None
         self.pending_verdict: asyncio.Future[None] | None = None
         self.expiry: Any = None
+        self.client = self.request.remote_ip or ""
+        # Client messages are rate limited by a token bucket holding two seconds' worth.
+        self.tokens = 2.0 * app.config.realtime.max_messages_per_second
+        self.refilled = time.monotonic()
 
     # -- before the upgrade: 404/400 with the REST error body ------------------------
     async def prepare(self) -> None:
+        self._check_limits()
         name = self.path_args[0] if self.path_args else ""
         table = self.app.tables.get(name)
         if table is None:
@@ -123,6 +178,15 @@ class FeedHandler(JsonErrors, WebSocketHandler):
             await auth.authorize(self.identity, "read", table.name)
         self._set_matchers()
 
+    def _check_limits(self) -> None:
+        """503 before the upgrade once the connection limits are reached."""
+        settings = self.app.config.realtime
+        reason = self.app.connections.over_limit(self.client, settings.max_connections,
+                                                 settings.max_connections_per_client)
+        if reason is not None:
+            self.app.connections.refused_by_limit += 1
+            raise unavailable(f"{reason}; retry later", retry_after=5)
+
     def _set_matchers(self) -> None:
         """The subscriber's own filter ANDed with the rows its identity may see."""
         assert self.table is not None
@@ -133,9 +197,11 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.matcher = ql.Matcher(self.table, where, self.app.backend) if where.members else None
 
     def check_origin(self, origin: str) -> bool:
+        # Only called for a cross-origin Origin: Tornado itself accepts the
+        # same host and clients that send no Origin (non-browser clients).
         allowed = self.app.config.realtime.allowed_origins
         if allowed:
-            return "*" in allowed or origin in allowed
+            return origin_allowed(origin, allowed)
         return super().check_origin(origin)
 
     def get_compression_options(self) -> None:
@@ -143,6 +209,13 @@ class FeedHandler(JsonErrors, WebSocketHandler):
 
     # -- open: hello, replay, then live ------------------------------------------------
     def open(self, *args: Any) -> None:
+        settings = self.app.config.realtime
+        if self.app.connections.over_limit(self.client, settings.max_connections,
+                                           settings.max_connections_per_client):
+            # Upgrades that authenticated concurrently passed prepare() together.
+            self.app.connections.refused_by_limit += 1
+            self.close(1013, "too many WebSocket connections; retry later")
+            return
         stream = self.ws_connection.stream if self.ws_connection else None
         if stream is not None and stream.socket is not None:
             try:
@@ -172,7 +245,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                 # client dropped for being slow could never resume).
                 self.cursor = self.since
         feed.subscribers.add(self)
-        self.app.connections.open.add(self)
+        self.app.connections.add(self)
         self._schedule_expiry()
         self._catch_up()
 
@@ -223,18 +296,18 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         change = notice.change
         if matcher is None or matcher(change.record):
             if self.app.auth.authorizes:
-                self._send_if_allowed(notice, change.record, notice.text)
+                self._send_if_allowed(notice, change.record, notice_frame(notice))
             else:
-                self.send_text(notice.text)
+                self.send_frame(notice_frame(notice))
         elif change.event == "updated" and matcher(change.old):
             if self.row_matcher is not None and not self.row_matcher(change.record):
                 # The row left the rows this identity may see: say so without
                 # showing what it became.
-                self._send_if_allowed(notice, change.old, self._exit_text(notice))
+                self._send_if_allowed(notice, change.old, text_frame(self._exit_text(notice)))
             elif self.app.auth.authorizes:
-                self._send_if_allowed(notice, change.record, notice.unmatched_text)
+                self._send_if_allowed(notice, change.record, notice_frame(notice, True))
             else:
-                self.send_text(notice.unmatched_text)
+                self.send_frame(notice_frame(notice, True))
 
     def _exit_text(self, notice: Notice) -> str:
         change = notice.change
@@ -243,8 +316,9 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                              "seq": notice.seq, "pk": key, "record": None, "old": None,
                              "matches": False})
 
-    def _send_if_allowed(self, notice: Notice, record: dict[str, Any] | None, text: str) -> None:
-        """Send ``text`` if the authorisation hooks let this subscriber read ``record``.
+    def _send_if_allowed(self, notice: Notice, record: dict[str, Any] | None,
+                         frame: bytes) -> None:
+        """Send ``frame`` if the authorisation hooks let this subscriber read ``record``.
 
         A hook may be async; later notices then wait for earlier verdicts, so
         the client still receives its changes in seq order.
@@ -252,7 +326,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         verdict = self.app.auth.may_read(self.identity, notice.change.table, record)
         if self.pending_verdict is None and not inspect.isawaitable(verdict):
             if verdict:
-                self.send_text(text)
+                self.send_frame(frame)
             return
         previous = self.pending_verdict
 
@@ -261,7 +335,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                 await previous
             allowed = await verdict if inspect.isawaitable(verdict) else verdict
             if allowed:
-                self.send_text(text)
+                self.send_frame(frame)
 
         task = asyncio.ensure_future(in_order())
         self.pending_verdict = task
@@ -272,10 +346,15 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         task.add_done_callback(settled)
 
     def send_text(self, text: str) -> None:
+        """Queue a message of this connection's own (hello, pong, errors)."""
+        self.send_frame(text_frame(text))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue one ready-made WebSocket frame; drop the client past max_pending."""
         if self.closing:
             return
         queue = self.queue
-        queue.append(text)
+        queue.append(frame)
         if len(queue) > self.app.config.realtime.max_pending:
             self._drop_slow()
             return
@@ -289,24 +368,43 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.close(1013, "too many undelivered messages; reconnect with since")
 
     def _flush(self) -> None:
+        """Hand queued frames to the socket as one write.
+
+        Frames are built once per change and written to the stream directly:
+        ``write_message`` would encode the text again for every client and
+        start an asyncio task per message. At most one batch sits in
+        Tornado's unbounded buffer; the rest waits in our bounded queue.
+        """
         connection = self.ws_connection
-        if connection is None or connection.is_closing():
+        stream = connection.stream if connection is not None else None
+        if stream is None or connection.is_closing() or stream.closed():
             self.queue.clear()
             return
         queue = self.queue
-        size = 0
-        future = None
-        try:
+        if len(queue) == 1:
+            data = queue.popleft()
+        else:
+            batch = []
+            size = 0
             while queue and size < BATCH_BYTES:
-                text = queue.popleft()
-                size += len(text)
-                future = connection.write_message(text)
-        except (WebSocketClosedError, OSError):
+                frame = queue.popleft()
+                size += len(frame)
+                batch.append(frame)
+            data = b"".join(batch)
+        try:
+            future = stream.write(data)
+        except StreamClosedError:
             queue.clear()
             return
-        if future is not None:
-            self.in_flight = True
-            future.add_done_callback(self._flushed)
+        if future.done():
+            # Written to the socket at once (the common case): nothing to wait for.
+            future.exception()  # marks a failure as seen; it has closed the stream
+            if queue or self.cursor is not None:  # more to send, or a replay to go on with
+                self.in_flight = True
+                IOLoop.current().add_callback(self._flushed, future)
+            return
+        self.in_flight = True
+        future.add_done_callback(self._flushed)
 
     def _flushed(self, future: Any) -> None:
         self.in_flight = False
@@ -320,6 +418,14 @@ class FeedHandler(JsonErrors, WebSocketHandler):
 
     # -- client messages and heartbeats ----------------------------------------------
     def on_message(self, message: str | bytes) -> None:
+        if self.closing:
+            return
+        if not self._within_rate():
+            self.app.connections.closed_by_rate += 1
+            log.info("closing a %s feed: its client sends more than %d messages a second",
+                     self.table_name, self.app.config.realtime.max_messages_per_second)
+            self.close(1008, "too many messages; slow down")
+            return
         self.last_seen = time.monotonic()
         try:
             data = json.loads(message)
@@ -333,6 +439,19 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         else:
             self.send_text(values.dumps({"type": "error", "message":
                                        'unknown message; send {"type": "ping"}'}))
+
+    def _within_rate(self) -> bool:
+        """Take a token from this connection's bucket; False when it is empty."""
+        rate = self.app.config.realtime.max_messages_per_second
+        if not rate:
+            return True
+        now = time.monotonic()
+        self.tokens = min(2.0 * rate, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
     async def _refresh(self, token: str) -> None:
         """Replace the identity with the one ``token`` proves, before the old one expires."""
@@ -429,7 +548,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
             self.expiry = None
         if self.feed is not None:
             self.feed.subscribers.discard(self)
-        self.app.connections.open.discard(self)
+        self.app.connections.discard(self)
         self.queue.clear()
 
 
