@@ -50,6 +50,14 @@ def forbidden(message: str, **details: Any) -> ApiError:
     return ApiError(403, "forbidden", message, details)
 
 
+_QUERY_TOKEN = re.compile(r"([?&]token=)[^&]*", re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """A request URI with any ``token=`` value hidden, for logs: it is a credential."""
+    return _QUERY_TOKEN.sub(r"\1***", uri)
+
+
 def request_token(request: HTTPServerRequest) -> str | None:
     """The bearer token of a request: the Authorization header, else ``?token=`` (browsers)."""
     match = _BEARER.match(request.headers.get("Authorization", ""))
@@ -72,7 +80,18 @@ class Auth:
     def __init__(self, pm: pluggy.PluginManager, app: Any) -> None:
         self.pm = pm
         self.app = app
-        hooks = pm.hook
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Look again at which auth hooks are implemented.
+
+        Plain attributes, not properties: they are read once per notification
+        per subscriber. A plugin that registers auth hooks after the server was
+        made (the bundled apikeys and jwt plugins do so from ``pylight_startup``
+        when their ``[plugin:NAME]`` section is present, so an open server has
+        none and pays nothing) calls this afterwards.
+        """
+        hooks = self.pm.hook
         self.authenticates = bool(hooks.pylight_authenticate.get_hookimpls())
         self.authorizes = bool(hooks.pylight_authorize.get_hookimpls())
         self.filters_rows = bool(hooks.pylight_row_filter.get_hookimpls())
@@ -146,3 +165,79 @@ class Auth:
 
         where = self.row_filter(identity, table)
         return ql.Matcher(table, where, self.app.backend) if where is not None else None
+
+
+class Permissions:
+    """Which actions an identity may take on which tables: the auth plugins' shared grammar.
+
+    Written ``products: read, create; orders: read`` — ``;`` between tables,
+    ``,`` between actions, ``*`` for any table or any action (``*: read``,
+    ``orders: *``). Actions are ``read``, ``create``, ``update`` and ``delete``.
+    """
+
+    def __init__(self, rules: dict[str, frozenset[str]] | None = None) -> None:
+        self.rules = dict(rules or {})
+
+    @classmethod
+    def parse(cls, text: str) -> Permissions:
+        """Parse the ini form; ValueError with a one-line reason when it is malformed."""
+        rules: dict[str, set[str]] = {}
+        for part in text.split(";"):
+            if not part.strip():
+                continue
+            table, colon, actions = part.partition(":")
+            table = table.strip()
+            if not colon or not table:
+                raise ValueError(f"expected 'table: action, ...', got {part.strip()!r}")
+            rules.setdefault(table, set()).update(cls._actions(
+                [a.strip() for a in actions.split(",") if a.strip()], table))
+        return cls({table: frozenset(actions) for table, actions in rules.items()})
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> Permissions:
+        """From a token claim such as ``{"products": ["read"], "orders": "read, create"}``.
+
+        A malformed structure is a ValueError; an action that is not one of
+        ours (a token shared with other services may carry ``"admin"``) grants
+        nothing and is ignored.
+        """
+        if not isinstance(mapping, dict):
+            raise ValueError("expected an object of table names to lists of actions")
+        rules: dict[str, frozenset[str]] = {}
+        for table, actions in mapping.items():
+            if isinstance(actions, str):
+                actions = [a.strip() for a in actions.split(",") if a.strip()]
+            if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+                raise ValueError(f"{table!r}: expected a list of actions")
+            known = [a for a in actions if a.lower() in ACTIONS or a == "*"]
+            rules[str(table)] = frozenset(cls._actions(known, str(table)))
+        return cls(rules)
+
+    @staticmethod
+    def _actions(actions: list[str], table: str) -> set[str]:
+        found = set()
+        for action in actions:
+            action = action.lower()
+            if action != "*" and action not in ACTIONS:
+                raise ValueError(f"{table}: unknown action {action!r} "
+                                 f"(known: {', '.join(ACTIONS)}, *)")
+            found.add(action)
+        return found
+
+    def __or__(self, other: Permissions) -> Permissions:
+        rules = dict(self.rules)
+        for table, actions in other.rules.items():
+            rules[table] = rules.get(table, frozenset()) | actions
+        return Permissions(rules)
+
+    def allows(self, table: str, action: str) -> bool:
+        granted = self.rules.get(table, frozenset()) | self.rules.get("*", frozenset())
+        return action in granted or "*" in granted
+
+    def tables(self) -> list[str]:
+        """The table names the rules mention (``*`` excluded)."""
+        return [table for table in self.rules if table != "*"]
+
+    def __str__(self) -> str:
+        return "; ".join(f"{table}: {', '.join(sorted(actions))}"
+                         for table, actions in self.rules.items()) or "(none)"

@@ -65,6 +65,11 @@ def pylight_startup(app: Pylight) -> Any:
     starts accepting connections. Raise :class:`pylight.StartupError` to stop
     start-up with one clear line.
 
+    A plugin configured by its ``[plugin:NAME]`` section may register its
+    hook implementations here (``app.pm.register(obj)``), so that without the
+    section it adds nothing; after registering auth hooks it calls
+    ``app.auth.refresh()``. The bundled apikeys and jwt plugins do this.
+
     Returns: ignored. All implementations run.
     """
 
@@ -129,11 +134,12 @@ def pylight_authorize(identity: Identity | None, action: str, table: str,
 
     ``action`` is ``read``, ``create``, ``update`` or ``delete``; ``identity``
     is what ``pylight_authenticate`` gave (None: anonymous). Called before a
-    REST request touches the database (``record`` None for a list, the body's
-    values for a create), with the stored row for a read of one row, an
-    update or a delete, and for every change notification before it reaches
-    each subscriber (action ``read``, ``record`` the changed row), so two
-    subscribers of one table may receive different changes.
+    REST request touches the database with ``record`` None (may the caller do
+    this on the table at all?), then for a create with each body's values,
+    and for a read of one row, an update or a delete with the stored row;
+    and for every change notification before it reaches each subscriber
+    (action ``read``, ``record`` the changed row), so two subscribers of one
+    table may receive different changes.
 
     Return False to refuse (the client gets 401 when anonymous, else 403
     naming the missing permission), True or None to have no objection. May be

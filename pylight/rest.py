@@ -106,6 +106,10 @@ class CollectionHandler(TableHandler):
             return
         table = self.table(name)
         self.check_writable(table, ["GET"])
+        if self.app.auth.enabled:
+            # May the caller create here at all? Asked before the body is read, so
+            # an anonymous or unpermitted caller gets its 401/403, not a 422.
+            await self.app.auth.authorize(self.identity, "create", table.name)
         body = self.json_body()
         many = isinstance(body, list)
         if many:
@@ -117,7 +121,7 @@ class CollectionHandler(TableHandler):
             rows = [self.coerce_row(table, body, False)]
         else:
             raise bad_request("expected a JSON object, or an array of objects")
-        if self.app.auth.enabled:
+        if self.app.auth.authorizes:
             for item in body if many else [body]:
                 await self.app.auth.authorize(self.identity, "create", table.name, item)
         records = await self.app.db.write(table.name, store.insert_rows, table,
@@ -157,18 +161,26 @@ class ItemHandler(TableHandler):
             return
         table = self.table(name)
         key = self.key(table, key_text)
-        record = await self.app.db.read(store.get_row, table, key)
+        if self.app.auth.enabled:
+            # Table-level first: a caller who may not read the table learns
+            # nothing (not even whether the row exists: 401/403, never 404) and
+            # costs no database read.
+            await self.app.auth.authorize(self.identity, "read", table.name)
         check = self.row_check(table)
+        record = await self.app.db.read(store.get_row, table, key)
         if record is None or (check is not None and not check(record)):
             raise not_found(f"no row in {table.name!r} with key {key_text[:100]!r}")
-        if self.app.auth.enabled:
+        if self.app.auth.authorizes:
             await self.app.auth.authorize(self.identity, "read", table.name, record)
         self.write_json(record)
 
     async def authorize_change(self, table: TableInfo, action: str, key: list[Any]) -> None:
-        """Record-level authorisation of an update or delete, on the row as stored now."""
+        """Record-level authorisation of an update or delete, on the row as stored now.
+
+        The table-level check (record None) is made by the caller before the
+        body is read, so a refused caller gets its 401/403 rather than a 422.
+        """
         auth = self.app.auth
-        await auth.authorize(self.identity, action, table.name)
         if auth.authorizes:
             record = await self.app.db.read(store.get_row, table, key)
             if record is not None:
@@ -180,6 +192,8 @@ class ItemHandler(TableHandler):
         table = self.table(name)
         key = self.key(table, key_text)
         self.check_writable(table, ["GET"])
+        if self.app.auth.enabled:
+            await self.app.auth.authorize(self.identity, "update", table.name)
         row = self.coerce_row(table, self.json_body(), True)
         if self.app.auth.enabled:
             await self.authorize_change(table, "update", key)
@@ -197,6 +211,7 @@ class ItemHandler(TableHandler):
         key = self.key(table, key_text)
         self.check_writable(table, ["GET"])
         if self.app.auth.enabled:
+            await self.app.auth.authorize(self.identity, "delete", table.name)
             await self.authorize_change(table, "delete", key)
         await self.app.db.write(table.name, store.delete_row, table, self.app.backend, key,
                                 self.row_check(table), publish=self.app.hub.publish)
