@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 from typing import Any
 
 import pluggy
@@ -13,7 +12,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 
 from pylight import demo, openapi, realtime, rest, web
-from pylight.auth import Auth
+from pylight.auth import Auth, redact_uri
 from pylight.backend import Backend, redact_url, url_scheme
 from pylight.config import Config
 from pylight.db import Database
@@ -42,13 +41,7 @@ def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
     return schemes[scheme]
 
 
-_TOKEN = re.compile(r"([?&]token=)[^&]*", re.IGNORECASE)
 access_log = logging.getLogger("tornado.access")
-
-
-def redact(uri: str) -> str:
-    """The request URI with any ``token=`` value hidden: it is a credential."""
-    return _TOKEN.sub(r"\1***", uri)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -58,7 +51,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if not access_log.isEnabledFor(level):
         return
     request = handler.request
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact(request.uri or ""),
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact_uri(request.uri or ""),
                    request.remote_ip, 1000.0 * request.request_time())
 
 
@@ -132,7 +125,10 @@ class Pylight:
     def format_notification(self, change: Any, seq: int) -> dict[str, Any]:
         return self.pm.hook.pylight_format_notification(change=change, seq=seq)
 
-    def openapi(self) -> dict[str, Any]:
+    def openapi(self, tables: dict[str, TableInfo] | None = None) -> dict[str, Any]:
+        """The OpenAPI document of all tables (built once), or of ``tables`` only."""
+        if tables is not None:
+            return openapi.build(tables, self.config.api.prefix)
         if self._openapi is None:
             self._openapi = openapi.build(self.tables, self.config.api.prefix)
         return self._openapi

@@ -222,24 +222,34 @@ class ItemHandler(TableHandler):
 
 
 class SchemaHandler(TableHandler):
+    async def readable(self) -> dict[str, TableInfo]:
+        """The tables the caller may read: the schema documents show only those."""
+        if not self.app.auth.enabled:
+            return self.app.tables
+        tables = {}
+        for name, table in self.app.tables.items():
+            try:
+                await self.app.auth.authorize(self.identity, "read", name)
+            except ApiError:
+                continue
+            tables[name] = table
+        return tables
+
     async def get(self) -> None:
         if self._finished:
             return
-        tables = []
-        for table in self.app.tables.values():
-            try:
-                await self.app.auth.authorize(self.identity, "read", table.name)
-            except ApiError:
-                continue  # list only what the caller may read
-            tables.append(self.app.describe_table(table))
-        self.write_json({"tables": tables})
+        tables = await self.readable()
+        self.write_json({"tables": [self.app.describe_table(t) for t in tables.values()]})
 
 
-class OpenApiHandler(BaseHandler):
-    def get(self) -> None:
+class OpenApiHandler(SchemaHandler):
+    async def get(self) -> None:
         if self._finished:
             return
-        self.write_json(self.app.openapi())
+        if not self.app.auth.enabled:
+            self.write_json(self.app.openapi())
+            return
+        self.write_json(self.app.openapi(await self.readable()))
 
 
 def routes(prefix: str, app: Any) -> list[tuple[str, type, dict[str, Any]]]:

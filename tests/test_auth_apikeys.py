@@ -258,3 +258,16 @@ def test_a_bad_section_stops_the_real_startup(tmp_path):
             asyncio.run(app.start(sockets=[]))
     finally:
         app.db.close()
+
+
+@pytest.mark.gen_test
+async def test_schema_documents_show_only_readable_tables(keyed):
+    """GET /api/ and the OpenAPI document list what the caller may read, nothing more."""
+    anonymous = await keyed.get("/api/openapi.json")
+    assert anonymous.status == 200 and anonymous.body["paths"] == {}
+    reader = await keyed.get("/api/openapi.json", headers=bearer(READER))
+    assert sorted(reader.body["paths"]) == ["/api/products", "/api/products/{pk}"]
+    listing = await keyed.get("/api/", headers=bearer(READER))
+    assert [t["name"] for t in listing.body["tables"]] == ["products"]
+    writer = await keyed.get("/api/openapi.json", headers=bearer(WRITER))
+    assert "/api/orders" in writer.body["paths"] and "/api/users" in writer.body["paths"]
