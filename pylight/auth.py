@@ -82,6 +82,13 @@ class Auth:
         self.app = app
         self.refresh()
 
+    def add_provider(self, provider: Any, name: str) -> None:
+        """Register ``provider``'s auth hooks for this server (once), e.g. from
+        ``pylight_startup`` when the plugin's ini section asks for it."""
+        if not self.pm.has_plugin(name):
+            self.pm.register(provider, name=name)
+            self.refresh()
+
     def refresh(self) -> None:
         """Look again at which auth hooks are implemented.
 

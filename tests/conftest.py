@@ -232,24 +232,30 @@ def write_config(path: Any, url: str, settings: dict[str, dict[str, Any]] | None
     return str(target)
 
 
+def start_server(io_loop: Any, tmp_path: Any, url: str,
+                 settings: dict[str, dict[str, Any]] | None = None,
+                 plugins: Any = ()) -> Server:
+    """A Pylight app on ``url`` listening on a free port of ``io_loop`` (the caller stops it)."""
+    config = load_config(write_config(tmp_path, url, settings), environ={})
+    pm = make_plugin_manager(config.plugins.load)
+    for plugin in plugins:
+        pm.register(plugin)
+    app = Pylight(config, pm)
+    app.open()
+    sock, port = bind_unused_port()
+    io_loop.run_sync(lambda: app.start(sockets=[sock]))
+    return Server(app, f"http://127.0.0.1:{port}")
+
+
 @pytest.fixture
 def make_server(io_loop: Any, database: TestDatabase, tmp_path: Any) -> Iterator[Callable[..., Server]]:
     """Start a server on ``database``: ``make_server({"api": {"max_limit": 5}}, plugins=[...])``."""
     started: list[Pylight] = []
 
     def start(settings: dict[str, dict[str, Any]] | None = None, plugins: list[Any] = ()) -> Server:
-        conf = write_config(tmp_path, database.url, settings)
-        config = load_config(conf, environ={})
-        pm = make_plugin_manager(config.plugins.load)
-        for plugin in plugins:
-            pm.register(plugin)
-        app = Pylight(config, pm)
-        app.open()
-        sock, port = bind_unused_port()
-        io_loop.run_sync(lambda: app.start(sockets=[sock]))
-        started.append(app)
-        server = Server(app, f"http://127.0.0.1:{port}")
-        app.hub.subscribe(None, server.changes.append)
+        server = start_server(io_loop, tmp_path, database.url, settings, plugins)
+        started.append(server.app)
+        server.app.hub.subscribe(None, server.changes.append)
         return server
 
     yield start

@@ -12,7 +12,7 @@ from typing import Any
 
 import pluggy
 import pytest
-from conftest import Server, write_config
+from conftest import Server, start_server, write_config
 from pylight_sqlite import SqliteBackend
 from tornado.testing import bind_unused_port
 
@@ -140,16 +140,9 @@ def start(io_loop: Any, tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
     def run(url: str, settings: dict[str, dict[str, Any]] | None = None,
             plugins: list[Any] = ()) -> Server:
-        config = load_config(write_config(tmp_path, url, settings), environ={})
-        pm = make_plugin_manager(config.plugins.load)
-        for plugin in plugins:
-            pm.register(plugin)
-        app = Pylight(config, pm)
-        app.open()
-        sock, port = bind_unused_port()
-        io_loop.run_sync(lambda: app.start(sockets=[sock]))
-        started.append(app)
-        return Server(app, f"http://127.0.0.1:{port}")
+        server = start_server(io_loop, tmp_path, url, settings, plugins)
+        started.append(server.app)
+        return server
 
     run.started = started  # type: ignore[attr-defined]  # a test that stops its own app removes it
     yield run

@@ -182,8 +182,4 @@ def pylight_startup(app: Any) -> None:
     settings = app.config.plugin_section(SECTION)
     if not settings:
         return  # no section: the plugin stays inert
-    keys = load_keys(settings, app.tables)
-    name = f"{SECTION}.keys"
-    if not app.pm.has_plugin(name):
-        app.pm.register(ApiKeys(keys), name=name)
-        app.auth.refresh()  # the core reads which auth hooks exist once
+    app.auth.add_provider(ApiKeys(load_keys(settings, app.tables)), f"{SECTION}.keys")

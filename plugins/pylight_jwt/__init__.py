@@ -408,8 +408,4 @@ def pylight_startup(app: Any) -> None:
     settings = app.config.plugin_section(SECTION)
     if not settings:
         return  # no section: the plugin stays inert
-    auth = load(settings, app.tables)
-    name = f"{SECTION}.auth"
-    if not app.pm.has_plugin(name):
-        app.pm.register(auth, name=name)
-        app.auth.refresh()  # the core reads which auth hooks exist once
+    app.auth.add_provider(load(settings, app.tables), f"{SECTION}.auth")
