@@ -914,6 +914,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pylight-fanout-"))
     conf = (ROOT / "etc" / "pylight.ini").read_text()
     conf = re.sub(r"(?m)^url\s*=.*$", f"url = sqlite:///{workdir}/fanout.db", conf)
+    # Every benchmark client connects from 127.0.0.1: lift the per-address cap.
+    conf = conf.replace("[realtime]\n", "[realtime]\nmax_connections = 20000\n"
+                        "max_connections_per_client = 0\n", 1)
     (workdir / "pylight.ini").write_text(conf)
     started = time.perf_counter()
     try:
