@@ -125,6 +125,9 @@ class Hub:
         self.replay_buffer = replay_buffer
         self.feeds: dict[str, Feed] = {}
         self._listeners: dict[str | None, list[Listener]] = {}
+        # Set by a bus plugin: carries local changes to every process (this one
+        # included), which then deliver() them with the same seq.
+        self.relay: Callable[[Change], Any] | None = None
 
     def feed(self, table: str) -> Feed:
         feed = self.feeds.get(table)
@@ -146,7 +149,19 @@ class Hub:
                 listeners.remove(listener)
         return unsubscribe
 
-    def publish(self, change: Change, seq: int | None = None) -> Notice:
+    def publish(self, change: Change) -> Notice | None:
+        """Take a change that originated in this process (a REST write, change capture).
+
+        With a relay (a bus between processes) the relay numbers it the same
+        way on every process and hands it back through :meth:`deliver`;
+        otherwise it is delivered here at once.
+        """
+        if self.relay is not None:
+            self.relay(change)
+            return None
+        return self.deliver(change)
+
+    def deliver(self, change: Change, seq: int | None = None) -> Notice:
         """Number ``change`` (or take ``seq`` from its origin), keep it and fan it out.
 
         Runs on the event loop, so numbering, buffering and delivery of one
