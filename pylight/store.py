@@ -50,26 +50,42 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     fields = [table.columns[name].field for name in fetch]
 
     where = ql.to_sql(table, backend, q.where)
-    conditions = where
-    if q.after is not None and keyset is not None:
-        step = ql.keyset_condition(table, keyset, q.after)
-        conditions = step if conditions is None else conditions & step
-    select = table.model.select(*fields)
-    if conditions is not None:
-        select = select.where(conditions)
-    select = select.order_by(*ql.order_sql(table, order)).limit(q.limit + 1)
-    if q.offset:
-        select = select.offset(q.offset)
-    rows = list(select.tuples())
+    if where is None:
+        # No filters: the statement depends only on the columns, the order and
+        # whether there is a cursor or an offset, so it is compiled once.
+        shape = _ListShape.get(table, fetch, order, keyset if q.after is not None else None,
+                               bool(q.offset))
+        sql, params = shape.bind(q)
+    else:
+        conditions = where
+        if q.after is not None and keyset is not None:
+            conditions = conditions & ql.keyset_condition(table, keyset, q.after)
+        select = table.model.select(*fields).where(conditions)
+        select = select.order_by(*ql.order_sql(table, order)).limit(q.limit + 1)
+        if q.offset:
+            select = select.offset(q.offset)
+        sql, params = select.sql()
+    # Rows are decoded and encoded in one pass by a per-shape decoder: peewee's
+    # cursor wrapper costs more per row than the encoding itself.
+    rows = table.model._meta.database.execute_sql(sql, params).fetchall()
+    decode = row_decoder(table, tuple(fetch))
 
     page = Page(items=[])
     more = len(rows) > q.limit
     rows = rows[: q.limit]
-    for row in rows:
-        page.items.append(table.encode_row(names, row[: len(names)]))
+    width = len(names)
+    items = page.items
+    if width == len(fetch):
+        items.extend(decode(row) for row in rows)
+    else:
+        for row in rows:
+            record = decode(row)
+            for extra in fetch[width:]:
+                del record[extra]
+            items.append(record)
     if more and rows:
         if keyset is not None:
-            last = table.encode_row(fetch, rows[-1])
+            last = decode(rows[-1])
             page.after = ql.encode_cursor([last[item.column] for item in keyset])
         else:
             page.next_offset = q.offset + q.limit
@@ -79,6 +95,65 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
             counter = counter.where(where)
         page.total = counter.scalar()
     return page
+
+
+class _ListShape:
+    """An unfiltered list statement with slots for the cursor values, limit and offset."""
+
+    def __init__(self, table: TableInfo, fetch: list[str], order: list[ql.OrderBy],
+                 keyset: list[ql.OrderBy] | None, offset: bool) -> None:
+        self.cursor_slots = [object() for _ in keyset or ()]
+        self.limit_slot, self.offset_slot = object(), object()
+        self.cursor_fields = [table.columns[item.column].field for item in keyset or ()]
+        select = table.model.select(*[table.columns[name].field for name in fetch])
+        if keyset:
+            select = select.where(ql.keyset_condition(
+                table, keyset, [peewee.Value(slot, converter=False) for slot in self.cursor_slots]))
+        select = select.order_by(*ql.order_sql(table, order)).limit(self.limit_slot)
+        if offset:
+            select = select.offset(self.offset_slot)
+        self.sql, self.params = select.sql()
+
+    @classmethod
+    def get(cls, table: TableInfo, fetch: list[str], order: list[ql.OrderBy],
+            keyset: list[ql.OrderBy] | None, offset: bool) -> _ListShape:
+        key = ("list", tuple(fetch), tuple(order), tuple(keyset or ()), offset)
+        shape = table.statements.get(key)
+        if shape is None:
+            shape = table.statements[key] = cls(table, fetch, order, keyset, offset)
+        return shape
+
+    def bind(self, q: ql.ListQuery) -> tuple[str, list[Any]]:
+        fills: dict[int, Any] = {id(self.limit_slot): q.limit + 1, id(self.offset_slot): q.offset}
+        for slot, fld, value in zip(self.cursor_slots, self.cursor_fields, q.after or (),
+                                    strict=False):
+            fills[id(slot)] = fld.db_value(value)
+        return self.sql, [fills.get(id(param), param) for param in self.params]
+
+
+def row_decoder(table: TableInfo, names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+    """A function turning a raw database row of ``names`` into the API's JSON record,
+    made once per table and column list."""
+    key = ("decoder", names)
+    decoder = table.statements.get(key)
+    if decoder is None:
+        steps = []
+        for name in names:
+            column = table.columns[name]
+            convert, encode = column.field.python_value, column.encode
+            steps.append((name, convert, encode))
+
+        def decoder(row: tuple[Any, ...]) -> dict[str, Any]:
+            record = {}
+            for (name, convert, encode), value in zip(steps, row):  # noqa: B905
+                if value is not None:
+                    value = convert(value)
+                    if encode is not None and value is not None:
+                        value = encode(value)
+                record[name] = value
+            return record
+        table.statements[key] = decoder
+    return decoder
 
 
 class _ByKey:
@@ -105,7 +180,6 @@ class _ByKey:
         self.sql, params = select.sql()
         self.slots = [i for i, param in enumerate(params) if param is self._SLOT]
         self.params = params
-        self.converters = [fld.python_value for fld in fields]
 
     def run(self, table: TableInfo, key: list[Any]) -> dict[str, Any] | None:
         params = list(self.params)
@@ -114,9 +188,7 @@ class _ByKey:
         row = table.model._meta.database.execute_sql(self.sql, params).fetchone()
         if row is None:
             return None
-        values = tuple(None if v is None else convert(v)
-                       for convert, v in zip(self.converters, row, strict=True))
-        return table.encode_row(self.names, values)
+        return row_decoder(table, tuple(self.names))(row)
 
 
 def get_row(table: TableInfo, key: list[Any], for_update: bool = False,
