@@ -131,6 +131,37 @@ class _ListShape:
         return self.sql, [fills.get(id(param), param) for param in self.params]
 
 
+class _InsertReturning:
+    """``INSERT (<given columns>) VALUES (...) RETURNING <columns>``, compiled once per
+    table and set of given columns."""
+
+    def __init__(self, table: TableInfo, given: tuple[str, ...]) -> None:
+        self.names = list(table.columns)
+        self.slots = {name: object() for name in given}
+        self.fields = {name: table.columns[name].field for name in given}
+        insert = table.model.insert({self.fields[name]: peewee.Value(slot, converter=False)
+                                     for name, slot in self.slots.items()})
+        insert = insert.returning(*[table.columns[n].field for n in self.names])
+        self.sql, self.params = insert.sql()
+        self.position = {id(slot): name for name, slot in self.slots.items()}
+
+    @classmethod
+    def get(cls, table: TableInfo, given: tuple[str, ...]) -> _InsertReturning:
+        key = ("insert", given)
+        statement = table.statements.get(key)
+        if statement is None:
+            statement = table.statements[key] = cls(table, given)
+        return statement
+
+    def run(self, table: TableInfo, data: dict[str, Any]) -> dict[str, Any]:
+        params = []
+        for param in self.params:
+            name = self.position.get(id(param))
+            params.append(param if name is None else self.fields[name].db_value(data[name]))
+        row = table.model._meta.database.execute_sql(self.sql, params).fetchone()
+        return row_decoder(table, tuple(self.names))(row)
+
+
 def row_decoder(table: TableInfo, names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
     """A function turning a raw database row of ``names`` into the API's JSON record,
     made once per table and column list."""
@@ -218,16 +249,12 @@ def _check(table: TableInfo, check: RowCheck | None, record: dict[str, Any] | No
 
 def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
                 check: RowCheck | None = None) -> tuple[list[dict[str, Any]], list[Change]]:
-    names = list(table.columns)
     records = []
     for data in rows:
-        insert = table.model.insert(_values(table, data))
         if backend.supports_returning:
-            returned = list(insert.returning(*[table.columns[n].field for n in names])
-                            .tuples().execute())
-            record = table.encode_row(names, returned[0])
+            record = _InsertReturning.get(table, tuple(data)).run(table, data)
         else:
-            last_id = insert.execute()
+            last_id = table.model.insert(_values(table, data)).execute()
             record = None
             if table.has_key:
                 if len(table.primary_key) == 1 and table.primary_key[0] not in data:
