@@ -66,9 +66,9 @@ def pylight_startup(app: Pylight) -> Any:
     start-up with one clear line.
 
     A plugin configured by its ``[plugin:NAME]`` section may register its
-    hook implementations here (``app.pm.register(obj)``), so that without the
-    section it adds nothing; after registering auth hooks it calls
-    ``app.auth.refresh()``. The bundled apikeys and jwt plugins do this.
+    auth hook implementations here with ``app.auth.add_provider(obj, name)``,
+    so that without the section it adds nothing and an open server pays
+    nothing for auth. The bundled apikeys and jwt plugins do this.
 
     Returns: ignored. All implementations run.
     """
