@@ -14,6 +14,7 @@ from tornado.httpserver import HTTPServer
 from pylight import demo, openapi, realtime, rest, web
 from pylight.auth import Auth, redact_uri
 from pylight.backend import Backend, redact_url, url_scheme
+from pylight.capture import Capture
 from pylight.config import Config
 from pylight.db import Database
 from pylight.errors import StartupError
@@ -71,6 +72,11 @@ class Pylight:
         self.connections = realtime.Connections(config.realtime.heartbeat_interval,
                                                 config.realtime.heartbeat_timeout)
         self.auth = Auth(pm, self)
+        # With change capture the triggers report every write, REST ones
+        # included: the REST path then publishes nothing itself, so each change
+        # is delivered once (a committed REST write only wakes the reader).
+        self.capture = Capture(self) if config.realtime.capture == "database" else None
+        self.publish_writes = self.capture.wake if self.capture is not None else self.hub.publish
         self.in_flight: set[Any] = set()  # HTTP requests being handled, for graceful stop
         self.backend: Backend = choose_backend(pm, config.database.url)
         self.db: Database
@@ -90,6 +96,8 @@ class Pylight:
             demo.seed(raw)
         with raw.connection_context():
             self.tables = reflect(raw, self.backend, self.config)
+        if self.capture is not None:
+            self.capture.prepare()
 
     # -- the Tornado application ---------------------------------------------------
     def make_app(self) -> tornado.web.Application:
@@ -148,6 +156,8 @@ class Pylight:
             xheaders=False,
         )
         self.connections.start()
+        if self.capture is not None:
+            await self.capture.start()
         if sockets is not None:
             self.server.add_sockets(sockets)
         else:
@@ -187,4 +197,6 @@ class Pylight:
         if self.server is not None:
             await self.server.close_all_connections()
         await _await_all(self.pm.hook.pylight_shutdown(app=self))
+        if self.capture is not None:
+            await self.capture.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)

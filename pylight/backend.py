@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -123,6 +124,45 @@ class Backend:
             field, op, peewee.NodeList((peewee.Value(pattern), peewee.SQL("ESCAPE '\\'")))
         )
 
+    # -- change capture (``[realtime] capture = database``) ---------------------
+    # The core (pylight/capture.py) reads the change log ``_pylight_changes``
+    # (id, table_name, op 'I'/'U'/'D', row_key, old_row, new_row, at; the three
+    # row columns hold JSON text) with portable SQL; a backend supplies the
+    # DDL, the triggers that fill it and the wake-ups.
+    def capture_setup_sql(self) -> list[str]:
+        """Statements creating the change log (and helpers); safe to run again."""
+        raise NotImplementedError(f"the {self.name} backend does not support change capture")
+
+    def capture_teardown_sql(self) -> list[str]:
+        """Statements dropping what :meth:`capture_setup_sql` created."""
+        raise NotImplementedError(f"the {self.name} backend does not support change capture")
+
+    def capture_triggers(self, table: str, columns: list[tuple[str, str]],
+                         key: list[str]) -> dict[str, tuple[str, list[str]]]:
+        """``{trigger name: (definition, create statements)}`` capturing ``table``.
+
+        ``columns`` are ``(name, kind)`` of every column, ``key`` the primary
+        key (empty: the row images go in ``new_row``/``old_row``). The
+        definition is what :meth:`capture_installed` reports for a trigger
+        created by those statements, so an unchanged trigger is left alone.
+        """
+        raise NotImplementedError(f"the {self.name} backend does not support change capture")
+
+    def capture_installed(self, db: peewee.Database) -> dict[str, dict[str, str]]:
+        """``{table: {trigger name: definition}}`` of the capture triggers in the database."""
+        raise NotImplementedError(f"the {self.name} backend does not support change capture")
+
+    def capture_drop_sql(self, table: str, trigger: str) -> str:
+        raise NotImplementedError(f"the {self.name} backend does not support change capture")
+
+    def capture_prune_sql(self, param: str) -> str:
+        """``DELETE`` of the log rows older than ``param`` seconds."""
+        raise NotImplementedError(f"the {self.name} backend does not support change capture")
+
+    def capture_watcher(self, db: peewee.Database, url: str, poll_interval: float) -> ChangeWatcher:
+        """What tells the reader to look at the log; by default, every ``poll_interval``."""
+        return ChangeWatcher(poll_interval)
+
     # -- errors ------------------------------------------------------------
     def is_disconnect(self, exc: BaseException) -> bool:
         """True when ``exc`` means the connection or the server is gone."""
@@ -162,6 +202,29 @@ class Backend:
     @staticmethod
     def down() -> ApiError:
         return unavailable("the database is unreachable; retry shortly")
+
+
+class ChangeWatcher:
+    """Tells the change-log reader when to look: a wake-up, or every ``interval`` seconds.
+
+    This default reads the log every ``interval`` (an indexed ``id >`` scan).
+    A backend may wake the reader itself (:meth:`start` gets the ``wake``
+    callable, called on the IOLoop) and look less often, or make
+    :meth:`changed` a cheaper test than reading the log.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    async def start(self, wake: Callable[[], None]) -> None:
+        """Begin watching (runs on the IOLoop)."""
+
+    def changed(self) -> bool:
+        """Blocking and cheap: may the log have grown since the last call?"""
+        return True
+
+    async def stop(self) -> None:
+        """Stop watching and free what :meth:`start` took."""
 
 
 _DECL_PARAMS = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")

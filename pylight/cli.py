@@ -20,6 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pylight",
         description="Serve a live REST and WebSocket API for an existing database.",
     )
+    parser.add_argument("command", nargs="?", default="serve",
+                        choices=["serve", "install-triggers", "remove-triggers"],
+                        help="serve (the default); install-triggers / remove-triggers: add or "
+                             "drop the change-capture triggers and change log "
+                             "([realtime] capture = database), then exit")
     parser.add_argument("--conf", metavar="FILE", help="the ini file (e.g. etc/pylight.ini)")
     parser.add_argument("--host", help="address to listen on (overrides [server] host)")
     parser.add_argument("--port", help="port to listen on (overrides [server] port)")
@@ -65,6 +70,37 @@ async def serve(config: Config) -> None:
     await app.stop()
 
 
+def manage_triggers(config: Config, command: str) -> None:
+    """Install or remove the change-capture triggers; prints one line per table."""
+    from pylight import capture
+    from pylight.app import choose_backend
+    from pylight.db import Database
+    from pylight.plugins import make_plugin_manager
+    from pylight.schema import reflect
+
+    pm = make_plugin_manager(config.plugins.load)
+    backend = choose_backend(pm, config.database.url)
+    settings = config.database
+    raw = backend.open(settings.url, 1, settings.connect_timeout)
+    db = Database(raw, backend, settings.url, 1)
+    db.check_connection()
+    try:
+        with raw.connection_context():
+            if command == "install-triggers":
+                lines = capture.install(raw, backend, reflect(raw, backend, config))
+            else:
+                lines = capture.remove(raw, backend)
+    except NotImplementedError as exc:
+        raise StartupError(str(exc)) from None
+    except Exception as exc:
+        reason = " ".join(str(backend.driver_error(exc)).split())[:300] or type(exc).__name__
+        raise StartupError(f"{command} failed: {reason}") from None
+    finally:
+        db.close()
+    for line in lines:
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -77,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args)
+        if args.command != "serve":
+            manage_triggers(config, args.command)
+            return 0
         asyncio.run(serve(config))
     except StartupError as exc:
         print(f"pylight: error: {exc}", file=sys.stderr)

@@ -64,6 +64,22 @@ class RealtimeSettings:
     max_messages_per_second: int = setting(
         50, "messages a client may send per second, bursts of twice that allowed "
         "(more: closed with 1008; 0: no limit)")
+    capture: str = setting(
+        "api", "where changes come from: api (REST writes) or database (triggers also "
+        "catch writes made outside Pylight)")
+    poll_interval: float = setting(
+        0.25, "seconds between reads of the change log (capture = database, "
+        "SQLite and MySQL)")
+    install_triggers: bool = setting(
+        False, "install the change-capture triggers at start-up (capture = database)")
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    url: str = setting("", "bus between Pylight processes, e.g. redis://127.0.0.1:6379/0 "
+                           "(empty: this process only)")
+    prefix: str = setting("pylight", "prefix of the bus's Redis keys and channel; every process "
+                                     "serving one database uses the same, other deployments another")
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,7 @@ SECTIONS: dict[str, type] = {
     "api": ApiSettings,
     "realtime": RealtimeSettings,
     "plugins": PluginSettings,
+    "bus": BusSettings,
 }
 
 
@@ -93,6 +110,7 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
     tables: dict[str, TableSettings] = field(default_factory=dict)
     # Raw `[plugin:NAME]` sections; each plugin validates its own keys.
     plugin_sections: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -191,6 +209,9 @@ def _check(config: Config) -> None:
                 f"{where}: [{section}] prefix must start with '/' and not end with one, "
                 f"got {prefix!r}"
             )
+    if config.realtime.capture not in ("api", "database"):
+        raise StartupError(f"{where}: [realtime] capture must be api or database, "
+                           f"got {config.realtime.capture!r}")
     if config.realtime.heartbeat_interval <= 0:
         raise StartupError(f"{where}: [realtime] heartbeat_interval must be greater than 0")
     if config.realtime.max_message_bytes < 1:

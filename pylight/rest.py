@@ -126,7 +126,7 @@ class CollectionHandler(TableHandler):
                 await self.app.auth.authorize(self.identity, "create", table.name, item)
         records = await self.app.db.write(table.name, store.insert_rows, table,
                                           self.app.backend, rows, self.row_check(table),
-                                          publish=self.app.hub.publish)
+                                          publish=self.app.publish_writes)
         if many:
             self.write_json({"items": records}, 201)
             return
@@ -199,7 +199,7 @@ class ItemHandler(TableHandler):
             await self.authorize_change(table, "update", key)
         record = await self.app.db.write(table.name, store.update_row, table, self.app.backend,
                                          key, row, self.row_check(table),
-                                         publish=self.app.hub.publish)
+                                         publish=self.app.publish_writes)
         self.write_json(record)
 
     patch = put
@@ -214,7 +214,7 @@ class ItemHandler(TableHandler):
             await self.app.auth.authorize(self.identity, "delete", table.name)
             await self.authorize_change(table, "delete", key)
         await self.app.db.write(table.name, store.delete_row, table, self.app.backend, key,
-                                self.row_check(table), publish=self.app.hub.publish)
+                                self.row_check(table), publish=self.app.publish_writes)
         self.set_status(204)
         self._cors()
         self.clear_header("Content-Type")

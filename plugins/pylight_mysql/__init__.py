@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -112,6 +113,83 @@ class MysqlBackend(Backend):
         if self.is_disconnect(exc):
             return self.down()
         return None
+
+
+    # -- change capture ------------------------------------------------------
+    # Triggers fill the change log; the reader scans it by id every
+    # poll_interval (the primary key makes `id > ?` an index range scan).
+    def capture_setup_sql(self) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS _pylight_changes ("
+            "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, table_name VARCHAR(255) NOT NULL, "
+            "op CHAR(1) NOT NULL, row_key LONGTEXT, old_row LONGTEXT, new_row LONGTEXT, "
+            "at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), KEY _pylight_changes_at (at)"
+            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        ]
+
+    def capture_teardown_sql(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS _pylight_changes"]
+
+    def capture_triggers(self, table: str, columns: list[tuple[str, str]],
+                         key: list[str]) -> dict[str, tuple[str, list[str]]]:
+        kinds = dict(columns)
+
+        def value(row: str, name: str) -> str:
+            ref = f"{row}.{_ident(name)}"
+            return f"HEX({ref})" if kinds.get(name) == "binary" else ref
+
+        def image(row: str) -> str:
+            return "JSON_OBJECT(" + ", ".join(
+                f"{_literal(name)}, {value(row, name)}" for name, _ in columns) + ")"
+
+        def keys(row: str) -> str:
+            return "JSON_ARRAY(" + ", ".join(value(row, name) for name in key) + ")" if key else "NULL"
+
+        bodies = {
+            ("i", "INSERT"): ("I", keys("NEW"), "NULL", "NULL" if key else image("NEW")),
+            ("u", "UPDATE"): ("U", keys("NEW"), image("OLD"), "NULL" if key else image("NEW")),
+            ("d", "DELETE"): ("D", keys("OLD"), image("OLD"), "NULL"),
+        }
+        triggers = {}
+        for (short, event), (op, row_key, old_row, new_row) in bodies.items():
+            name = _trigger_name(short, table)
+            body = ("INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row) "
+                    f"VALUES ({_literal(table)}, '{op}', {row_key}, {old_row}, {new_row})")
+            triggers[name] = (body, [f"CREATE TRIGGER {_ident(name)} AFTER {event} ON "
+                                     f"{_ident(table)} FOR EACH ROW {body}"])
+        return triggers
+
+    def capture_installed(self, db: peewee.Database) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        cursor = db.execute_sql(
+            "SELECT event_object_table, trigger_name, action_statement "
+            "FROM information_schema.triggers "
+            "WHERE trigger_schema = DATABASE() AND trigger_name LIKE '\\_pylight\\_%%'")
+        for table, name, body in cursor.fetchall():
+            found.setdefault(table, {})[name] = body
+        return found
+
+    def capture_drop_sql(self, table: str, trigger: str) -> str:
+        return f"DROP TRIGGER IF EXISTS {_ident(trigger)}"
+
+    def capture_prune_sql(self, param: str) -> str:
+        return f"DELETE FROM _pylight_changes WHERE at < NOW(6) - INTERVAL {param} SECOND"
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _trigger_name(short: str, table: str) -> str:
+    name = f"_pylight_{short}_{table}"
+    if len(name) <= 64:  # MySQL's limit on identifiers
+        return name
+    digest = hashlib.sha1(table.encode()).hexdigest()[:10]
+    return f"{name[:53]}_{digest}"
 
 
 @hookimpl

@@ -2,13 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import peewee
 import psycopg2
 from playhouse.pool import PooledPostgresqlDatabase
+from tornado.ioloop import IOLoop
 
 from pylight import hookimpl
-from pylight.backend import Backend
+from pylight.backend import Backend, ChangeWatcher, redact_url
 from pylight.errors import ApiError
+
+log = logging.getLogger("pylight")
+
+CHANNEL = "pylight_changes"
+#: The listener's application_name (find it in pg_stat_activity).
+LISTENER_NAME = "pylight-listen"
+
+# One function serves every table; the key columns come as trigger arguments.
+# The notification is a wake-up only (the rows are read from the log), so its
+# payload never nears the 8,000-byte limit; PostgreSQL sends one per
+# transaction however many rows it changed.
+_CAPTURE_FUNCTION = """
+CREATE OR REPLACE FUNCTION _pylight_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    new_image jsonb;
+    old_image jsonb;
+    source jsonb;
+    key jsonb := '[]'::jsonb;
+    i integer;
+BEGIN
+    IF TG_OP <> 'DELETE' THEN new_image := to_jsonb(NEW); END IF;
+    IF TG_OP <> 'INSERT' THEN old_image := to_jsonb(OLD); END IF;
+    IF TG_NARGS = 0 THEN
+        INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row)
+        VALUES (TG_TABLE_NAME, left(TG_OP, 1), NULL, old_image::text, new_image::text);
+    ELSE
+        source := COALESCE(new_image, old_image);
+        FOR i IN 0 .. TG_NARGS - 1 LOOP
+            key := key || jsonb_build_array(source -> TG_ARGV[i]);
+        END LOOP;
+        INSERT INTO _pylight_changes (table_name, op, row_key, old_row)
+        VALUES (TG_TABLE_NAME, left(TG_OP, 1), key::text, old_image::text);
+    END IF;
+    PERFORM pg_notify('""" + CHANNEL + """', '');
+    RETURN NULL;
+END
+$$
+"""
 
 
 class PostgresBackend(Backend):
@@ -52,6 +97,170 @@ class PostgresBackend(Backend):
         if self.is_disconnect(exc):
             return self.down()
         return None
+
+
+    # -- change capture ------------------------------------------------------
+    def capture_setup_sql(self) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS _pylight_changes ("
+            "id BIGSERIAL PRIMARY KEY, table_name TEXT NOT NULL, op CHAR(1) NOT NULL, "
+            "row_key TEXT, old_row TEXT, new_row TEXT, "
+            "at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
+            "CREATE INDEX IF NOT EXISTS _pylight_changes_at ON _pylight_changes (at)",
+            _CAPTURE_FUNCTION,
+        ]
+
+    def capture_teardown_sql(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS _pylight_changes",
+                "DROP FUNCTION IF EXISTS _pylight_capture()"]
+
+    def capture_triggers(self, table: str, columns: list[tuple[str, str]],
+                         key: list[str]) -> dict[str, tuple[str, list[str]]]:
+        args = ", ".join(_literal(name) for name in key)
+        sql = (f"CREATE TRIGGER _pylight_capture AFTER INSERT OR UPDATE OR DELETE ON "
+               f"{_ident(table)} FOR EACH ROW EXECUTE FUNCTION _pylight_capture({args})")
+        return {"_pylight_capture": (json.dumps(key), [sql])}
+
+    def capture_installed(self, db: peewee.Database) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        cursor = db.execute_sql(
+            "SELECT c.relname, t.tgname, t.tgargs FROM pg_trigger t "
+            "JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND NOT t.tgisinternal "
+            "AND t.tgname LIKE '\\_pylight%%'")
+        for table, name, raw in cursor.fetchall():
+            args = [part.decode() for part in bytes(raw).split(b"\x00")[:-1]]
+            found.setdefault(table, {})[name] = json.dumps(args)
+        return found
+
+    def capture_drop_sql(self, table: str, trigger: str) -> str:
+        return f"DROP TRIGGER IF EXISTS {_ident(trigger)} ON {_ident(table)}"
+
+    def capture_prune_sql(self, param: str) -> str:
+        return f"DELETE FROM _pylight_changes WHERE at < now() - {param} * interval '1 second'"
+
+    def capture_watcher(self, db: peewee.Database, url: str, poll_interval: float) -> ChangeWatcher:
+        kwargs = self.connect_kwargs(url)
+        kwargs["dbname"] = kwargs.pop("database")
+        kwargs.setdefault("connect_timeout", 5)
+        kwargs["application_name"] = LISTENER_NAME
+        return ListenWatcher(kwargs, url)
+
+
+class ListenWatcher(ChangeWatcher):
+    """LISTEN on a connection of its own, watched by the IOLoop (no thread).
+
+    Notifications wake the reader at once; the reader still looks every
+    ``interval`` seconds (a safety net for ids that commit late). When the
+    connection breaks it is reopened with back-off, and the reader is woken
+    so it re-reads from where it stood: nothing committed meanwhile is lost.
+    """
+
+    def __init__(self, connect_kwargs: dict[str, Any], url: str, interval: float = 2.0) -> None:
+        super().__init__(interval)
+        self.connect_kwargs = connect_kwargs
+        self.url = url
+        self.conn: Any = None
+        self.fd: int | None = None
+        self.wake: Callable[[], None] = lambda: None
+        self.closing = False
+        self.reconnecting: asyncio.Task[None] | None = None
+
+    async def start(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+        try:
+            await self._connect()
+        except Exception as exc:
+            log.warning("change capture: cannot LISTEN yet (%s); retrying", _first_line(exc))
+            self._reconnect()
+
+    def _open(self) -> Any:
+        conn = psycopg2.connect(**self.connect_kwargs)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"LISTEN {CHANNEL}")
+        return conn
+
+    async def _connect(self) -> None:
+        conn = await IOLoop.current().run_in_executor(None, self._open)
+        if self.closing:
+            conn.close()
+            return
+        self.conn = conn
+        self.fd = conn.fileno()
+        IOLoop.current().add_handler(self.fd, self._ready, IOLoop.READ)
+        self.wake()  # anything committed while we were not listening
+
+    def _ready(self, fd: int, events: int) -> None:
+        conn = self.conn
+        try:
+            conn.poll()
+        except Exception as exc:
+            log.warning("change capture: the LISTEN connection broke (%s); reconnecting",
+                        _first_line(exc))
+            self._drop()
+            self._reconnect()
+            return
+        if conn.closed:
+            self._drop()
+            self._reconnect()
+            return
+        if conn.notifies:
+            conn.notifies.clear()
+            self.wake()
+
+    def _drop(self) -> None:
+        if self.fd is not None:
+            IOLoop.current().remove_handler(self.fd)
+            self.fd = None
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+
+    def _reconnect(self) -> None:
+        if self.closing or (self.reconnecting is not None and not self.reconnecting.done()):
+            return
+        self.wake()  # the safety re-read covers the gap too
+        self.reconnecting = asyncio.ensure_future(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.05
+        while not self.closing:
+            try:
+                await self._connect()
+                log.info("change capture: listening again on %s", redact_url(self.url))
+                return
+            except Exception as exc:
+                log.debug("change capture: reconnect failed: %s", _first_line(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self.conn.get_backend_pid() if self.conn is not None else None
+
+    async def stop(self) -> None:
+        self.closing = True
+        if self.reconnecting is not None:
+            self.reconnecting.cancel()
+        self._drop()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 @hookimpl

@@ -11,7 +11,7 @@ import peewee
 from playhouse.pool import PooledSqliteDatabase
 
 from pylight import hookimpl
-from pylight.backend import Backend, declared_precision
+from pylight.backend import Backend, ChangeWatcher, declared_precision
 from pylight.errors import ApiError, StartupError
 
 # Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
@@ -129,6 +129,108 @@ class SqliteBackend(Backend):
         if self.is_disconnect(exc):
             return self.down()
         return None
+
+
+    # -- change capture ------------------------------------------------------
+    def capture_setup_sql(self) -> list[str]:
+        # AUTOINCREMENT: ids of pruned rows are never reused.
+        return [
+            "CREATE TABLE IF NOT EXISTS _pylight_changes ("
+            "id INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, "
+            "op TEXT NOT NULL, row_key TEXT, old_row TEXT, new_row TEXT, "
+            "at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))",
+            "CREATE INDEX IF NOT EXISTS _pylight_changes_at ON _pylight_changes (at)",
+        ]
+
+    def capture_teardown_sql(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS _pylight_changes"]
+
+    def capture_triggers(self, table: str, columns: list[tuple[str, str]],
+                         key: list[str]) -> dict[str, tuple[str, list[str]]]:
+        def value(row: str, name: str) -> str:
+            # json_object() refuses BLOBs (and any column may hold one on SQLite).
+            ref = f"{row}.{_ident(name)}"
+            return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) ELSE {ref} END"
+
+        def image(row: str) -> str:
+            return "json_object(" + ", ".join(
+                f"{_literal(name)}, {value(row, name)}" for name, _ in columns) + ")"
+
+        def keys(row: str) -> str:
+            return "json_array(" + ", ".join(value(row, name) for name in key) + ")" if key else "NULL"
+
+        bodies = {
+            ("i", "INSERT"): ("I", keys("NEW"), "NULL", "NULL" if key else image("NEW")),
+            ("u", "UPDATE"): ("U", keys("NEW"), image("OLD"), "NULL" if key else image("NEW")),
+            ("d", "DELETE"): ("D", keys("OLD"), image("OLD"), "NULL"),
+        }
+        triggers = {}
+        for (short, event), (op, row_key, old_row, new_row) in bodies.items():
+            name = f"_pylight_{short}_{table}"
+            sql = (f"CREATE TRIGGER {_ident(name)} AFTER {event} ON {_ident(table)} BEGIN "
+                   "INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row) "
+                   f"VALUES ({_literal(table)}, '{op}', {row_key}, {old_row}, {new_row}); END")
+            triggers[name] = (sql, [sql])
+        return triggers
+
+    def capture_installed(self, db: peewee.Database) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        cursor = db.execute_sql("SELECT tbl_name, name, sql FROM sqlite_master "
+                                "WHERE type = 'trigger' AND name LIKE '\\_pylight\\_%' ESCAPE '\\'")
+        for table, name, sql in cursor.fetchall():
+            found.setdefault(table, {})[name] = sql
+        return found
+
+    def capture_drop_sql(self, table: str, trigger: str) -> str:
+        return f"DROP TRIGGER IF EXISTS {_ident(trigger)}"
+
+    def capture_prune_sql(self, param: str) -> str:
+        return ("DELETE FROM _pylight_changes WHERE at < "
+                f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || {param} || ' seconds')")
+
+    def capture_watcher(self, db: peewee.Database, url: str, poll_interval: float) -> ChangeWatcher:
+        return DataVersionWatcher(db, poll_interval)
+
+
+class DataVersionWatcher(ChangeWatcher):
+    """``PRAGMA data_version`` on a connection of its own: it changes when any
+    other connection (Pylight's pool or an outside writer) commits, so the log
+    is read only then."""
+
+    def __init__(self, db: peewee.Database, interval: float) -> None:
+        super().__init__(interval)
+        self.path = db.database
+        self.uri = bool(db.connect_params.get("uri"))
+        self.conn: sqlite3.Connection | None = None
+        self.version: int | None = None
+
+    def changed(self) -> bool:
+        if self.uri:  # a shared in-memory database: no outside writers, but read anyway
+            return True
+        try:
+            if self.conn is None:
+                self.conn = sqlite3.connect(self.path, isolation_level=None,
+                                            check_same_thread=False)
+            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self.conn = None
+            return True
+        changed = version != self.version
+        self.version = version
+        return changed
+
+    async def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _like_to_glob(pattern: str) -> str:
