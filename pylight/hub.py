@@ -38,6 +38,9 @@ class Change:
     record: dict[str, Any]
     old: dict[str, Any] | None = None
     at: datetime.datetime = field(default_factory=utcnow)
+    # Where the change was observed, when several processes may observe the same
+    # one (e.g. "capture:<log id>"): a bus relays each origin once.
+    origin: str | None = field(default=None, compare=False)
 
 
 class Notice:
