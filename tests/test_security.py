@@ -276,3 +276,13 @@ async def test_odd_item_keys_are_400_or_404(server):
         assert_status(await server.delete(f"/api/products/{quote(key)}"), 400, 404)
         assert_status(await server.patch(f"/api/products/{quote(key)}", {"name": "x"}), 400, 404)
     await assert_intact(server)
+
+
+@pytest.mark.gen_test
+async def test_json_answers_are_never_sniffed(server):
+    """Browsers must not reinterpret API answers (or error bodies echoing input) as HTML."""
+    for response in (await server.get("/api/products"),
+                     await server.get("/api/products?name=eq.<script>"),
+                     await server.get("/api/<script>")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Type"].startswith("application/json")
