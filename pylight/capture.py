@@ -409,15 +409,16 @@ class Capture:
         old = decode_row(table, old_row)
         if op == "D":
             return None if old is None else Change(name, "deleted", table.key_of(old), old)
-        if table.has_key:
+        # The row as this change left it, from the trigger's image: re-reading it
+        # by key would miss a row deleted again before the log was read (and
+        # show every quick update with the latest state).
+        record = decode_row(table, new_row)
+        if record is None and table.has_key:
+            # Triggers installed before row images were logged for keyed tables.
             key = _loads(row_key)
             record = store.get_row(table, key) if isinstance(key, list) else None
-            if record is None:
-                return None  # deleted (or re-keyed) since; that change is logged too
-        else:
-            record = decode_row(table, new_row)
-            if record is None:
-                return None
+        if record is None:
+            return None
         if op == "I":
             return Change(name, "created", table.key_of(record), record)
         return Change(name, "updated", table.key_of(record), record, old)

@@ -368,3 +368,20 @@ async def test_pruned_log_does_not_lose_later_changes(capturing, database, monke
     (message,) = await client.changes(1)
     assert message["record"]["sku"] == "PRUNE-2"
     client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_each_change_shows_the_row_as_that_change_left_it(capturing, database):
+    """A row created, renamed and deleted before the log is read still yields all three
+    events, each with the row as it was at that step (not as it is when read)."""
+    client = await FeedClient.open(capturing, "/ws/products")
+    await outside(database,
+                  "INSERT INTO products (name, price, sku) VALUES ('Brief', 2, 'BRIEF-1')",
+                  "UPDATE products SET name = 'Briefer' WHERE sku = 'BRIEF-1'",
+                  "DELETE FROM products WHERE sku = 'BRIEF-1'")
+    messages = await client.changes(3)
+    assert [(m["event"], m["record"]["name"]) for m in messages] == [
+        ("created", "Brief"), ("updated", "Briefer"), ("deleted", "Briefer")]
+    assert messages[0]["record"]["price"] == "2.00"
+    assert messages[1]["old"]["name"] == "Brief"
+    client.close()

@@ -46,8 +46,8 @@ BEGIN
         FOR i IN 0 .. TG_NARGS - 1 LOOP
             key := key || jsonb_build_array(source -> TG_ARGV[i]);
         END LOOP;
-        INSERT INTO _pylight_changes (table_name, op, row_key, old_row)
-        VALUES (TG_TABLE_NAME, left(TG_OP, 1), key::text, old_image::text);
+        INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row)
+        VALUES (TG_TABLE_NAME, left(TG_OP, 1), key::text, old_image::text, new_image::text);
     END IF;
     PERFORM pg_notify('""" + CHANNEL + """', '');
     RETURN NULL;

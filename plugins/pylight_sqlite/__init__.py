@@ -160,8 +160,8 @@ class SqliteBackend(Backend):
             return "json_array(" + ", ".join(value(row, name) for name in key) + ")" if key else "NULL"
 
         bodies = {
-            ("i", "INSERT"): ("I", keys("NEW"), "NULL", "NULL" if key else image("NEW")),
-            ("u", "UPDATE"): ("U", keys("NEW"), image("OLD"), "NULL" if key else image("NEW")),
+            ("i", "INSERT"): ("I", keys("NEW"), "NULL", image("NEW")),
+            ("u", "UPDATE"): ("U", keys("NEW"), image("OLD"), image("NEW")),
             ("d", "DELETE"): ("D", keys("OLD"), image("OLD"), "NULL"),
         }
         triggers = {}
