@@ -11,8 +11,8 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import demo, openapi, realtime, rest, web
-from pylight.auth import Auth, redact_uri
+from pylight import demo, openapi, ops, realtime, rest, web
+from pylight.auth import Auth
 from pylight.backend import Backend, redact_url, url_scheme
 from pylight.capture import Capture
 from pylight.config import Config
@@ -42,18 +42,8 @@ def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
     return schemes[scheme]
 
 
-access_log = logging.getLogger("tornado.access")
-
-
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, minus credentials."""
-    status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    if not access_log.isEnabledFor(level):
-        return
-    request = handler.request
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact_uri(request.uri or ""),
-                   request.remote_ip, 1000.0 * request.request_time())
+# The access log: one JSON line per request, never a token (see pylight/ops.py).
+log_request = ops.log_request
 
 
 async def _await_all(results: list[Any]) -> None:
@@ -84,6 +74,11 @@ class Pylight:
         self.server: HTTPServer | None = None
         self._openapi: dict[str, Any] | None = None
         self._stopped = False
+        self.metrics = ops.Metrics(self)  # this server's own registry, served at /metrics
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped
 
     # -- blocking start-up steps ----------------------------------------------
     def open(self) -> None:
@@ -104,6 +99,7 @@ class Pylight:
         handlers: list[Any] = []
         for extra in self.pm.hook.pylight_routes(app=self):
             handlers.extend(extra or [])
+        handlers.extend(ops.routes(self))  # before the API: an empty prefix would catch them
         handlers.extend(rest.routes(self.config.api.prefix, self))
         if self.config.realtime.enabled:
             handlers.extend(realtime.routes(self.config.realtime.prefix, self))
@@ -113,7 +109,7 @@ class Pylight:
             default_handler_class=NotFoundHandler,
             default_handler_args={"app": self},
             compress_response=False,
-            log_function=log_request,
+            log_function=self.metrics.log_request,
             # A larger client message closes its socket with 1009.
             websocket_max_message_size=self.config.realtime.max_message_bytes,
         )
@@ -151,8 +147,11 @@ class Pylight:
             # Bodies are streamed and limited by the handlers, which answer 413;
             # this only stops a client streaming forever.
             max_body_size=max(self.config.api.max_body_bytes * 4, 64 * 1024 * 1024),
+            # Tornado also uses idle_connection_timeout as the time allowed for a
+            # request's headers (slowloris), and maps 0 to an hour.
             idle_connection_timeout=server.idle_timeout,
-            body_timeout=server.body_timeout,
+            # 0 means no limit: Tornado would take 0 literally and drop every body.
+            body_timeout=server.body_timeout or None,
             xheaders=False,
         )
         self.connections.start()

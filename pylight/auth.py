@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 from pylight.errors import ApiError
 
@@ -50,12 +50,22 @@ def forbidden(message: str, **details: Any) -> ApiError:
     return ApiError(403, "forbidden", message, details)
 
 
-_QUERY_TOKEN = re.compile(r"([?&]token=)[^&]*", re.IGNORECASE)
-
-
 def redact_uri(uri: str) -> str:
-    """A request URI with any ``token=`` value hidden, for logs: it is a credential."""
-    return _QUERY_TOKEN.sub(r"\1***", uri)
+    """``uri`` with the value of every ``token`` query parameter replaced by ``***``:
+    it is a credential, and no log line may carry it.
+
+    Parameter names are compared decoded, as the server reads them, so
+    ``?%74oken=...`` is hidden too.
+    """
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    parts = query.split("&")
+    for index, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if unquote_plus(name).strip().lower() == "token":
+            parts[index] = f"{name}=***" if eq else "token=***"
+    return f"{path}?{'&'.join(parts)}"
 
 
 def request_token(request: HTTPServerRequest) -> str | None:

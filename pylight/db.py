@@ -7,6 +7,7 @@ order changes reach the hub is the order their transactions committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import defaultdict
@@ -18,7 +19,7 @@ import peewee
 from tornado.ioloop import IOLoop
 
 from pylight.backend import Backend, redact_url
-from pylight.errors import ApiError, StartupError
+from pylight.errors import ApiError, StartupError, unavailable
 
 log = logging.getLogger("pylight")
 T = TypeVar("T")
@@ -162,6 +163,35 @@ class Database:
                 for change in changes:
                     loop.add_callback(callback, change)
         return result
+
+    # -- operations (readiness and metrics) ---------------------------------------
+    async def ping(self, timeout: float) -> None:
+        """Run ``SELECT 1`` through the executor; ApiError 503 if it fails or takes over ``timeout``."""
+        try:
+            await asyncio.wait_for(self.read(self._select_one), timeout)
+        except asyncio.TimeoutError:
+            raise unavailable(f"the database did not answer within {timeout:g} s; "
+                              "retry shortly") from None
+
+    def _select_one(self) -> Any:
+        return self.db.execute_sql("SELECT 1").fetchone()
+
+    def stats(self) -> dict[str, int]:
+        """Pool and executor figures, read at scrape time (nothing is counted per query)."""
+        db, executor = self.db, self.executor
+        in_use = len(getattr(db, "_in_use", ()))
+        idle = len(getattr(db, "_connections", ()))
+        threads = len(getattr(executor, "_threads", ()))
+        idle_threads = getattr(getattr(executor, "_idle_semaphore", None), "_value", 0)
+        queue = getattr(executor, "_work_queue", None)
+        return {
+            "connections_in_use": in_use,
+            "connections_idle": idle,
+            "connections_max": int(getattr(db, "_max_connections", 0) or 0),
+            "executor_threads": threads,
+            "executor_busy": max(threads - idle_threads, 0),
+            "executor_queue": queue.qsize() if queue is not None else 0,
+        }
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

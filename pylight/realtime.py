@@ -74,6 +74,9 @@ class Connections:
         self.dropped_by_backpressure = 0
         self.refused_by_limit = 0
         self.closed_by_rate = 0
+        # Messages written by connections since closed; open ones count their own
+        # (FeedHandler.sent), summed only when metrics are scraped.
+        self.messages_sent = 0
         period = max(min(1.0, interval / 2, timeout / 2), 0.05)
         self._timer = PeriodicCallback(self._beat, period * 1000)
 
@@ -110,6 +113,10 @@ class Connections:
             return len(self.open)
         return sum(1 for conn in self.open if conn.table_name == table)
 
+    def sent_total(self) -> int:
+        """Messages written to feed sockets so far, closed connections included."""
+        return self.messages_sent + sum(conn.sent for conn in self.open)
+
     def _beat(self) -> None:
         now = time.monotonic()
         for conn in list(self.open):
@@ -132,6 +139,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.matcher: ql.Matcher | None = None
         self.since: int | None = None
         self.queue: deque[bytes] = deque()  # ready WebSocket frames
+        self.sent = 0  # frames written to the socket (for metrics; one add per write)
         # While a resuming client catches up, the seq of the last replayed
         # notice; None once it is live.
         self.cursor: int | None = None
@@ -383,6 +391,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         queue = self.queue
         if len(queue) == 1:
             data = queue.popleft()
+            self.sent += 1
         else:
             batch = []
             size = 0
@@ -391,6 +400,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                 size += len(frame)
                 batch.append(frame)
             data = b"".join(batch)
+            self.sent += len(batch)
         try:
             future = stream.write(data)
         except StreamClosedError:
@@ -548,7 +558,10 @@ class FeedHandler(JsonErrors, WebSocketHandler):
             self.expiry = None
         if self.feed is not None:
             self.feed.subscribers.discard(self)
-        self.app.connections.discard(self)
+        connections = self.app.connections
+        connections.discard(self)
+        connections.messages_sent += self.sent
+        self.sent = 0
         self.queue.clear()
 
 

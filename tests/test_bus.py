@@ -226,7 +226,8 @@ async def test_the_sample_nginx_config_serves_rest_and_websockets_from_both(
         assert all(r == received[0] for r in received)
         assert [r[4] for r in received[0]] == [f"via nginx {i}" for i in range(4)]
         # The upgrades went through nginx to both processes (round robin).
-        assert "101 GET /ws/products" in a.log() and "101 GET /ws/products" in b.log()
+        upgrade = '"method": "GET", "path": "/ws/products", "status": 101'  # the JSON access log
+        assert upgrade in a.log() and upgrade in b.log()
         assert "POST /api/products" in (nginx.workdir / "access.log").read_text()
         for feed in feeds:
             feed.close()
