@@ -67,7 +67,14 @@ class JsonErrors:
             error = ApiError(status_code, _REASONS.get(status_code, "error"), str(message))
             if status_code == 405:
                 error.details = {"method": self.request.method}
+                # RFC 9110: a 405 lists the methods the resource has (found by fuzzing:
+                # TRACE got a 405 without Allow).
+                error.headers = {"Allow": ", ".join(self._implemented_methods())}
         self.send_api_error(error)
+
+    def _implemented_methods(self) -> list[str]:
+        return [m for m in self.SUPPORTED_METHODS if m != "HEAD" and getattr(
+            type(self), m.lower(), None) is not getattr(RequestHandler, m.lower(), None)]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, (ApiError, HTTPError)):
