@@ -23,8 +23,11 @@ def setting(default: Any, help: str) -> Any:
 class ServerSettings:
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8000, "TCP port to listen on")
-    idle_timeout: float = setting(60.0, "seconds an idle keep-alive HTTP connection is kept")
-    body_timeout: float = setting(30.0, "seconds a client may take to send a request body")
+    idle_timeout: float = setting(
+        60.0, "seconds an idle keep-alive HTTP connection is kept, and the most a client may "
+        "take to send a request's headers (0: one hour)")
+    body_timeout: float = setting(
+        30.0, "seconds a client may take to send a request body (0: no limit)")
 
 
 @dataclass(frozen=True)
