@@ -227,6 +227,31 @@ class ChangeWatcher:
         """Stop watching and free what :meth:`start` took."""
 
 
+def change_log_inserts(table: str, columns: list[tuple[str, str]], key: list[str],
+                       value: Callable[[str, str], str], literal: Callable[[str], str],
+                       json_object: str, json_array: str) -> dict[tuple[str, str], str]:
+    """The ``INSERT INTO _pylight_changes`` each row trigger of ``table`` runs, keyed by
+    (short name, event), for databases whose triggers name every column (MySQL, SQLite).
+
+    ``value(row, column)`` is the SQL for one column of ``NEW``/``OLD`` as it goes into
+    the JSON image; ``literal`` quotes a string.
+    """
+    def image(row: str) -> str:
+        pairs = ", ".join(f"{literal(name)}, {value(row, name)}" for name, _ in columns)
+        return f"{json_object}({pairs})"
+
+    def keys(row: str) -> str:
+        return f"{json_array}(" + ", ".join(value(row, name) for name in key) + ")" if key \
+            else "NULL"
+
+    rows = {("i", "INSERT"): ("I", keys("NEW"), "NULL", image("NEW")),
+            ("u", "UPDATE"): ("U", keys("NEW"), image("OLD"), image("NEW")),
+            ("d", "DELETE"): ("D", keys("OLD"), image("OLD"), "NULL")}
+    return {event: ("INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row) "
+                    f"VALUES ({literal(table)}, '{op}', {row_key}, {old_row}, {new_row})")
+            for event, (op, row_key, old_row, new_row) in rows.items()}
+
+
 _DECL_PARAMS = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 
 

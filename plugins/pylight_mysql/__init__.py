@@ -11,7 +11,7 @@ import pymysql
 from playhouse.pool import PooledMySQLDatabase
 
 from pylight import hookimpl
-from pylight.backend import Backend
+from pylight.backend import Backend, change_log_inserts
 from pylight.errors import ApiError
 
 # Strict mode: without it MySQL stores '' or 0 for bad or missing values
@@ -138,23 +138,11 @@ class MysqlBackend(Backend):
             ref = f"{row}.{_ident(name)}"
             return f"HEX({ref})" if kinds.get(name) == "binary" else ref
 
-        def image(row: str) -> str:
-            return "JSON_OBJECT(" + ", ".join(
-                f"{_literal(name)}, {value(row, name)}" for name, _ in columns) + ")"
-
-        def keys(row: str) -> str:
-            return "JSON_ARRAY(" + ", ".join(value(row, name) for name in key) + ")" if key else "NULL"
-
-        bodies = {
-            ("i", "INSERT"): ("I", keys("NEW"), "NULL", image("NEW")),
-            ("u", "UPDATE"): ("U", keys("NEW"), image("OLD"), image("NEW")),
-            ("d", "DELETE"): ("D", keys("OLD"), image("OLD"), "NULL"),
-        }
         triggers = {}
-        for (short, event), (op, row_key, old_row, new_row) in bodies.items():
+        inserts = change_log_inserts(table, columns, key, value, _literal, "JSON_OBJECT",
+                                     "JSON_ARRAY")
+        for (short, event), body in inserts.items():
             name = _trigger_name(short, table)
-            body = ("INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row) "
-                    f"VALUES ({_literal(table)}, '{op}', {row_key}, {old_row}, {new_row})")
             triggers[name] = (body, [f"CREATE TRIGGER {_ident(name)} AFTER {event} ON "
                                      f"{_ident(table)} FOR EACH ROW {body}"])
         return triggers

@@ -11,7 +11,7 @@ import peewee
 from playhouse.pool import PooledSqliteDatabase
 
 from pylight import hookimpl
-from pylight.backend import Backend, ChangeWatcher, declared_precision
+from pylight.backend import Backend, ChangeWatcher, change_log_inserts, declared_precision
 from pylight.errors import ApiError, StartupError
 
 # Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
@@ -152,24 +152,12 @@ class SqliteBackend(Backend):
             ref = f"{row}.{_ident(name)}"
             return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) ELSE {ref} END"
 
-        def image(row: str) -> str:
-            return "json_object(" + ", ".join(
-                f"{_literal(name)}, {value(row, name)}" for name, _ in columns) + ")"
-
-        def keys(row: str) -> str:
-            return "json_array(" + ", ".join(value(row, name) for name in key) + ")" if key else "NULL"
-
-        bodies = {
-            ("i", "INSERT"): ("I", keys("NEW"), "NULL", image("NEW")),
-            ("u", "UPDATE"): ("U", keys("NEW"), image("OLD"), image("NEW")),
-            ("d", "DELETE"): ("D", keys("OLD"), image("OLD"), "NULL"),
-        }
         triggers = {}
-        for (short, event), (op, row_key, old_row, new_row) in bodies.items():
+        inserts = change_log_inserts(table, columns, key, value, _literal, "json_object",
+                                     "json_array")
+        for (short, event), body in inserts.items():
             name = f"_pylight_{short}_{table}"
-            sql = (f"CREATE TRIGGER {_ident(name)} AFTER {event} ON {_ident(table)} BEGIN "
-                   "INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row) "
-                   f"VALUES ({_literal(table)}, '{op}', {row_key}, {old_row}, {new_row}); END")
+            sql = f"CREATE TRIGGER {_ident(name)} AFTER {event} ON {_ident(table)} BEGIN {body}; END"
             triggers[name] = (sql, [sql])
         return triggers
 
