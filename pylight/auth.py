@@ -196,8 +196,9 @@ class Permissions:
         self.rules = dict(rules or {})
 
     @classmethod
-    def parse(cls, text: str) -> Permissions:
-        """Parse the ini form; ValueError with a one-line reason when it is malformed."""
+    def parse(cls, text: str, tables: Iterable[str] | None = None) -> Permissions:
+        """Parse the ini form; ValueError with a one-line reason when it is malformed or
+        names a table that is not among ``tables`` (when given)."""
         rules: dict[str, set[str]] = {}
         for part in text.split(";"):
             if not part.strip():
@@ -208,6 +209,12 @@ class Permissions:
                 raise ValueError(f"expected 'table: action, ...', got {part.strip()!r}")
             rules.setdefault(table, set()).update(cls._actions(
                 [a.strip() for a in actions.split(",") if a.strip()], table))
+        if tables is not None:
+            known = set(tables)
+            unknown = [t for t in rules if t != "*" and t not in known]
+            if unknown:
+                raise ValueError(f"names {unknown[0]!r}, which is not an exposed table "
+                                 f"(exposed: {', '.join(sorted(known)) or 'none'})")
         return cls({table: frozenset(actions) for table, actions in rules.items()})
 
     @classmethod
@@ -250,10 +257,6 @@ class Permissions:
     def allows(self, table: str, action: str) -> bool:
         granted = self.rules.get(table, frozenset()) | self.rules.get("*", frozenset())
         return action in granted or "*" in granted
-
-    def tables(self) -> list[str]:
-        """The table names the rules mention (``*`` excluded)."""
-        return [table for table in self.rules if table != "*"]
 
     def __str__(self) -> str:
         return "; ".join(f"{table}: {', '.join(sorted(actions))}"

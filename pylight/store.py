@@ -235,12 +235,6 @@ def _values(table: TableInfo, data: dict[str, Any]) -> dict[peewee.Field, Any]:
     return {table.columns[name].field: value for name, value in data.items()}
 
 
-def _key_from(table: TableInfo, data: dict[str, Any], fallback: list[Any] | None) -> list[Any]:
-    if fallback is None:
-        return [data[name] for name in table.primary_key]
-    return [data.get(name, old) for name, old in zip(table.primary_key, fallback, strict=False)]
-
-
 def _check(table: TableInfo, check: RowCheck | None, record: dict[str, Any] | None) -> None:
     """Refuse (and so roll back) a write whose row falls outside the caller's row filter."""
     if check is not None and record is not None and not check(record):

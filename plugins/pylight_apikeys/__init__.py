@@ -160,13 +160,9 @@ def load_keys(settings: dict[str, str], tables: Any) -> dict[str, tuple[bytes, P
             raise StartupError(f"{where}: key {name!r} needs {name}.permissions = "
                                "table: action, ... (e.g. products: read)")
         try:
-            permissions = Permissions.parse(entry["permissions"])
+            permissions = Permissions.parse(entry["permissions"], tables)
         except ValueError as exc:
             raise StartupError(f"{where}: {name}.permissions: {exc}") from None
-        unknown = [t for t in permissions.tables() if t not in tables]
-        if unknown:
-            raise StartupError(f"{where}: {name}.permissions names {unknown[0]!r}, which is not an "
-                               f"exposed table (exposed: {', '.join(sorted(tables)) or 'none'})")
         raw = secret.encode("utf-8", "surrogatepass")
         if raw in owners:
             raise StartupError(f"{where}: keys {owners[raw]!r} and {name!r} share one secret; "

@@ -382,13 +382,9 @@ def load(settings: dict[str, str], tables: Any) -> JwtAuth:
     defaults = None
     if settings.get("default_permissions", "").strip():
         try:
-            defaults = Permissions.parse(settings["default_permissions"])
+            defaults = Permissions.parse(settings["default_permissions"], tables)
         except ValueError as exc:
             raise StartupError(f"{WHERE} default_permissions: {exc}") from None
-        unknown = [t for t in defaults.tables() if t not in tables]
-        if unknown:
-            raise StartupError(f"{WHERE} default_permissions names {unknown[0]!r}, which is not "
-                               "an exposed table")
     if claim_name is None and defaults is None:
         raise StartupError(f"{WHERE} needs permissions_claim (e.g. permissions) or "
                            "default_permissions (e.g. *: read); otherwise no token may do anything")
