@@ -11,6 +11,7 @@ import peewee
 from playhouse.db_url import parse as parse_db_url
 
 from pylight.errors import ApiError, StartupError, conflict, unavailable, unprocessable
+from pylight.types import ColumnType, ForeignKey
 
 
 def redact_url(url: str) -> str:
@@ -53,6 +54,8 @@ class Backend:
     ilike_ascii_only = False
     #: ``=``/``<`` on text ignore case (MySQL's default collations).
     text_compare_case_insensitive = False
+    #: NULL sorts after every value in ascending order (PostgreSQL); else before it.
+    nulls_sort_high = False
 
     # -- opening ---------------------------------------------------------
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
@@ -111,10 +114,21 @@ class Backend:
         """A field class for a column type peewee's reflection does not know, or None."""
         return None
 
-    def column_overrides(self, db: peewee.Database, table: str) -> dict[str, type[peewee.Field]]:
-        """``{column: field class}`` for columns whose reflected type is wrong (e.g. MariaDB
-        reports JSON columns as LONGTEXT)."""
+    def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
+        """``{column: ColumnType}`` for the columns of ``table`` this database knows better
+        than peewee's reflection (types it does not know, enum members, generated
+        columns, how a type orders); the rest keep what reflection found."""
         return {}
+
+    def foreign_keys(self, db: peewee.Database, table: str) -> list[ForeignKey]:
+        """The foreign keys of ``table``, each with its columns in constraint order."""
+        cursor = db.execute_sql(
+            "SELECT constraint_name, column_name, referenced_table_name, referenced_column_name "
+            "FROM information_schema.key_column_usage "
+            "WHERE table_schema = " + self.current_schema_sql() + " AND table_name = %s "
+            "AND referenced_table_name IS NOT NULL ORDER BY constraint_name, ordinal_position",
+            (table,))
+        return group_foreign_keys(cursor.fetchall())
 
     # -- query pieces ---------------------------------------------------------
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
@@ -263,3 +277,15 @@ def declared_precision(declared: str) -> tuple[int | None, int | None]:
     precision = int(match.group(1))
     scale = int(match.group(2)) if match.group(2) is not None else 0
     return precision, scale
+
+
+def group_foreign_keys(rows: list[tuple[Any, str, str, str]]) -> list[ForeignKey]:
+    """Foreign keys from ``(constraint id, column, referenced table, referenced column)``
+    rows, ordered by constraint and then by position within it."""
+    grouped: dict[Any, tuple[str, list[str], list[str]]] = {}
+    for constraint, column, table, referenced in rows:
+        _, columns, references = grouped.setdefault(constraint, (table, [], []))
+        columns.append(column)
+        references.append(referenced)
+    return [ForeignKey(tuple(columns), table, tuple(references))
+            for table, columns, references in grouped.values()]

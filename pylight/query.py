@@ -168,9 +168,12 @@ def _condition(table: TableInfo, name: str, spec: str, param: str, explicit: boo
     else:
         op, text = "eq", spec
     kind = column.kind
-    if kind == "json" and op != "is":
+    if kind == "json" and column.compare is None and op != "is":
         raise bad_request(f"{param}: JSON column {name!r} can only be tested with is.null",
                           parameter=param)
+    if op in ("gt", "gte", "lt", "lte") and not column.orderable:
+        raise bad_request(f"{param}: the database cannot order {name!r} ({column.raw_type}); "
+                          "use eq, neq, in or is", parameter=param)
     if op == "is":
         lowered = text.lower()
         if lowered == "null":
@@ -180,7 +183,7 @@ def _condition(table: TableInfo, name: str, spec: str, param: str, explicit: boo
         raise bad_request(f"{param}: is takes null (or true/false on a boolean column)",
                           parameter=param)
     if op in ("like", "ilike"):
-        if kind not in TEXT_KINDS:
+        if kind not in TEXT_KINDS and not column.like_as_text:
             raise bad_request(f"{param}: {op} works on text columns, {name!r} is {kind}",
                               parameter=param)
         return Condition(name, op, text, negate)
@@ -245,19 +248,50 @@ def _unquote_value(table: TableInfo, condition: Condition) -> Any:
     return value
 
 
+def _operator_first(text: str) -> bool:
+    """Whether ``text`` starts with an operator and a dot (``eq.3``, ``not.is.null``)."""
+    head, dot, tail = text.partition(".")
+    if head == "not":
+        head, dot, _ = tail.partition(".")
+    return bool(dot) and head in OPERATORS
+
+
+def split_arguments(table: TableInfo, arguments: Mapping[str, Any],
+                    reserved: Iterable[str]) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """``(column filters, parameters)`` of a query.
+
+    A name among ``reserved`` (``order``, ``limit``, ``token``...) is the
+    parameter, unless the table has a column of that name and the value starts
+    with an operator and a dot: ``order=eq.3`` filters a column named "order".
+    """
+    filters: dict[str, list[str]] = {}
+    params: dict[str, Any] = {}
+    reserved = set(reserved)
+    for name, raw in arguments.items():
+        if name not in reserved:
+            filters[name] = _all(raw, name)
+            continue
+        if name not in table.columns:
+            params[name] = raw
+            continue
+        for text in _all(raw, name):
+            if _operator_first(text):
+                filters.setdefault(name, []).append(text)
+            else:
+                params.setdefault(name, []).append(text)
+    return filters, params
+
+
 def parse_filters(table: TableInfo, arguments: Mapping[str, Any],
                   ignore: Iterable[str] = ()) -> Group:
     """The filters among ``arguments`` (a query's parameters) as one AND group."""
     members: list[Filter] = []
-    skip = set(ignore) | set(LIST_PARAMS)
-    for name, raw in arguments.items():
-        if name in ("or", "and"):
-            for text in _all(raw, name):
-                members.append(_logic(table, text.strip(), name == "or", name))
-            continue
-        if name in skip:
-            continue
-        for text in _all(raw, name):
+    filters, params = split_arguments(table, arguments, [*ignore, *LIST_PARAMS])
+    for name in ("or", "and"):
+        for text in _all(params.get(name, []), name):
+            members.append(_logic(table, text.strip(), name == "or", name))
+    for name, texts in filters.items():
+        for text in texts:
             members.append(_condition(table, name, text, name, explicit=False))
     if _count(members) > MAX_CONDITIONS:
         raise bad_request(f"too many conditions (at most {MAX_CONDITIONS})")
@@ -283,6 +317,7 @@ def parse_list_query(table: TableInfo, arguments: Mapping[str, Any], default_lim
                      max_limit: int, ignore: Iterable[str] = ()) -> ListQuery:
     """A list request's parameters, validated against ``table``."""
     where = parse_filters(table, arguments, ignore)
+    _, arguments = split_arguments(table, arguments, LIST_PARAMS)
     limit = _int_param(arguments, "limit")
     limit = default_limit if limit is None else min(limit, max_limit)
     offset = _int_param(arguments, "offset") or 0
@@ -321,7 +356,10 @@ def parse_list_query(table: TableInfo, arguments: Mapping[str, Any], default_lim
 
 def _order_item(table: TableInfo, item: str) -> OrderBy:
     parts = item.split(".")
-    _column(table, parts[0], "order")
+    column = _column(table, parts[0], "order")
+    if not column.orderable:
+        raise bad_request(f"order: the database cannot order by {column.name!r} "
+                          f"({column.raw_type})", parameter="order")
     descending, nulls = False, None
     for word in parts[1:]:
         if word in ("asc", "desc"):
@@ -336,20 +374,26 @@ def _order_item(table: TableInfo, item: str) -> OrderBy:
 
 
 # -- keyset cursors --------------------------------------------------------------
+#
+# Paging is exact by construction: the order a request names is always
+# completed to a total order (the key breaks ties; without a key every
+# orderable column does), and the cursor holds the last row's values of that
+# whole order, NULLs included. A table with a key pages by cursor whatever the
+# order; only tables without one (and views) page by offset, over the total order.
+
+def full_order(table: TableInfo, order: list[OrderBy]) -> list[OrderBy]:
+    """``order`` completed with tie-breakers so that no two distinct rows compare equal."""
+    named = {item.column for item in order}
+    tie_breakers = table.primary_key or [
+        name for name, column in table.columns.items() if column.orderable]
+    return list(order) + [OrderBy(name) for name in tie_breakers if name not in named]
+
 
 def keyset_order(table: TableInfo, query: ListQuery) -> list[OrderBy] | None:
-    """The full order a cursor follows (the request's, then the key), or None when
-    keyset paging cannot be exact (no key, or a nullable column in the order)."""
+    """The total order a cursor follows, or None where the table pages by offset."""
     if not table.has_key:
         return None
-    order = list(query.order)
-    named = {item.column for item in order}
-    order += [OrderBy(name) for name in table.primary_key if name not in named]
-    if any(table.columns[item.column].nullable for item in order):
-        return None
-    if any(table.columns[item.column].kind in ("json", "binary") for item in order):
-        return None
-    return order
+    return full_order(table, query.order)
 
 
 def encode_cursor(record_values: list[Any]) -> str:
@@ -368,10 +412,17 @@ def decode_cursor(table: TableInfo, query: ListQuery, text: str) -> list[Any]:
         raise bad_request("after: not a cursor from a next link", parameter="after") from None
     if not isinstance(items, list) or len(items) != len(order):
         raise bad_request("after: the cursor does not match this order", parameter="after")
-    try:
-        return [table.columns[item.column].coerce(value) for item, value in zip(order, items, strict=False)]
-    except values.BadValue:
-        raise bad_request("after: the cursor does not match this table", parameter="after") from None
+    decoded = []
+    for item, value in zip(order, items, strict=True):
+        column = table.columns[item.column]
+        if value is None and not column.nullable:
+            raise bad_request("after: the cursor does not match this table", parameter="after")
+        try:
+            decoded.append(None if value is None else column.coerce(value))
+        except values.BadValue:
+            raise bad_request("after: the cursor does not match this table",
+                              parameter="after") from None
+    return decoded
 
 
 # -- SQL -----------------------------------------------------------------------
@@ -395,8 +446,14 @@ def to_sql(table: TableInfo, backend: Backend, node: Filter) -> Any:
         if expression is not None and node.negate:
             expression = ~expression
         return expression
-    fld = table.columns[node.column].field
+    column = table.columns[node.column]
+    fld = column.field
     op, value = node.op, node.value
+    if op not in ("like", "ilike", "is"):
+        if column.compare is not None:
+            fld = column.compare(fld)
+        value = ([_operand(column, item) for item in value] if op == "in"
+                 else _operand(column, value))
     if op == "eq":
         expression = fld == value
     elif op == "neq":
@@ -410,7 +467,8 @@ def to_sql(table: TableInfo, backend: Backend, node: Filter) -> Any:
     elif op == "lte":
         expression = fld <= value
     elif op in ("like", "ilike"):
-        expression = backend.like(fld, like_pattern(value), op == "ilike")
+        target = peewee.Cast(fld, "text") if column.like_as_text else fld
+        expression = backend.like(target, like_pattern(value), op == "ilike")
     elif op == "in":
         expression = fld.in_(list(value)) if value else peewee.SQL("1 = 0")
     elif value is None:
@@ -420,35 +478,95 @@ def to_sql(table: TableInfo, backend: Backend, node: Filter) -> Any:
     return ~expression if node.negate else expression
 
 
+def _nulls_last(table: TableInfo, item: OrderBy) -> bool:
+    """Whether NULLs come after every value in this order item, as the database sorts."""
+    if item.nulls is not None:
+        return item.nulls == "last"
+    return table.nulls_sort_high != item.descending
+
+
+def _operand(column: ColumnInfo, value: Any) -> Any:
+    """The right-hand side of a comparison with ``column``.
+
+    Where the backend compares the type through an expression (text, jsonb),
+    the value goes through it too; a list (an array value) is bound as one
+    value, not spread into a row as peewee would.
+    """
+    if column.compare is None and not isinstance(value, list):
+        return value
+    bound = peewee.Value(column.field.db_value(value), converter=False)
+    return bound if column.compare is None else column.compare(bound)
+
+
 def keyset_condition(table: TableInfo, order: list[OrderBy], after: list[Any]) -> Any:
-    """Rows strictly after the cursor in ``order``: (a > x) OR (a = x AND b > y) ..."""
+    """Rows strictly after the cursor in ``order``: (a > x) OR (a = x AND b > y) ...
+
+    NULL-aware: a NULL in the cursor, or NULLs in a column, compare as the
+    database sorts them (where the order puts NULLs last, NULL is after every
+    value; where first, before).
+    """
     expression = None
-    for i, item in enumerate(order):
-        fld = table.columns[item.column].field
-        step = (fld < after[i]) if item.descending else (fld > after[i])
-        for prior, value in zip(order[:i], after[:i], strict=False):
-            step = step & (table.columns[prior.column].field == value)
-        expression = step if expression is None else (expression | step)
-    return expression
+    equal_so_far: Any = None
+    for item, value in zip(order, after, strict=True):
+        column = table.columns[item.column]
+        fld = sort_expression(column)
+        value = _sort_value(column, value)
+        nulls_last = _nulls_last(table, item)
+        if value is None:
+            after_step = None if nulls_last else fld.is_null(False)
+            equal = fld.is_null()
+        else:
+            after_step = (fld < value) if item.descending else (fld > value)
+            if nulls_last and column.nullable:
+                after_step = after_step | fld.is_null()
+            equal = fld == value
+        if after_step is not None:
+            step = after_step if equal_so_far is None else (equal_so_far & after_step)
+            expression = step if expression is None else (expression | step)
+        equal_so_far = equal if equal_so_far is None else (equal_so_far & equal)
+    return expression if expression is not None else peewee.SQL("1 = 0")
+
+
+def sort_expression(column: ColumnInfo) -> Any:
+    """What the database orders ``column`` by (the column itself, unless its type
+    orders by something else, such as a MySQL ENUM by its member index)."""
+    return column.field if column.sort_key is None else column.sort_key.expression(column.field)
+
+
+def _sort_value(column: ColumnInfo, value: Any) -> Any:
+    if value is None or isinstance(value, peewee.Node):
+        return value
+    if column.sort_key is not None:
+        return column.sort_key.value(value)
+    if isinstance(value, list):  # an array value, bound whole
+        return peewee.Value(column.field.db_value(value), converter=False)
+    return value
+
+
+def bound_sort_value(column: ColumnInfo, value: Any) -> Any:
+    """What the driver binds for a cursor value of ``column`` (see keyset_condition)."""
+    if column.sort_key is not None:
+        return column.sort_key.value(value)
+    return column.field.db_value(value)
 
 
 def order_sql(table: TableInfo, order: list[OrderBy]) -> list[Any]:
     result = []
     for item in order:
-        fld = table.columns[item.column].field
+        fld = sort_expression(table.columns[item.column])
         result.append(fld.desc(nulls=item.nulls) if item.descending else fld.asc(nulls=item.nulls))
     return result
 
 
-def query_string(arguments: Mapping[str, Any], **changes: Any) -> str:
-    """The request's parameters with ``changes`` applied, for `next` links."""
+def query_string(table: TableInfo, arguments: Mapping[str, Any], **changes: Any) -> str:
+    """The request's parameters with ``changes`` applied, for `next` links (a filter on
+    a column named like a changed parameter stays)."""
     from urllib.parse import urlencode
 
+    filters, _ = split_arguments(table, arguments, changes)
     pairs: list[tuple[str, str]] = []
-    for name, raw in arguments.items():
-        if name in changes:
-            continue
-        pairs.extend((name, text) for text in _all(raw, name))
+    for name, texts in filters.items():
+        pairs.extend((name, text) for text in texts)
     pairs.extend((name, str(value)) for name, value in changes.items() if value is not None)
     return urlencode(pairs)
 

@@ -49,6 +49,9 @@ class TableHandler(BaseHandler):
                 reason = "is hidden" if name in table.hidden else "does not exist"
                 raise unprocessable(f"{where}column {name[:64]!r} {reason} in {table.name!r}",
                                     column=name[:64])
+            if column.read_only is not None:
+                raise unprocessable(f"{where}column {name!r} is read-only ({column.read_only})",
+                                    column=name)
             if value is None:
                 if not column.nullable:
                     raise unprocessable(f"{where}column {name!r} may not be null", column=name)
@@ -88,10 +91,10 @@ class CollectionHandler(TableHandler):
         link = None
         drop = dict.fromkeys(ignore)
         if page.after is not None:
-            link = ql.query_string(arguments, offset=None, after=page.after, limit=q.limit,
+            link = ql.query_string(table, arguments, offset=None, after=page.after, limit=q.limit,
                                    **drop)
         elif page.next_offset is not None:
-            link = ql.query_string(arguments, after=None, offset=page.next_offset,
+            link = ql.query_string(table, arguments, after=None, offset=page.next_offset,
                                    limit=q.limit, **drop)
         payload: dict[str, Any] = {
             "items": page.items,

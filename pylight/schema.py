@@ -16,6 +16,7 @@ from pylight import values
 from pylight.backend import Backend
 from pylight.config import Config
 from pylight.errors import StartupError
+from pylight.types import API_TYPES, ColumnType, ForeignKey, SortKey
 
 log = logging.getLogger("pylight")
 
@@ -32,14 +33,45 @@ class ColumnInfo:
     scale: int | None = None
     coerce: Callable[[Any], Any] = field(repr=False, default=lambda v: v)
     encode: Callable[[Any], Any] | None = field(repr=False, default=None)
+    api_type: str = "any"
+    read_only: str | None = None  # why the column cannot be written
+    enum: tuple[str, ...] | None = None
+    items: ColumnType | None = None  # the element type of an array column
+    orderable: bool = True
+    sort_key: SortKey | None = field(repr=False, default=None)
+    compare: Callable[[Any], Any] | None = field(repr=False, default=None)
+    like_as_text: bool = False
+    bounds: tuple[int, int] | None = None
+    read: Callable[[Any], Any] | None = field(repr=False, default=None)
+
+    @property
+    def selected(self) -> Any:
+        """What a SELECT list reads for this column (the field, or the backend's wrapper)."""
+        return self.field if self.read is None else self.read(self.field)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "name": self.name,
-            "type": self.kind,
+            "type": self.api_type,
             "nullable": self.nullable,
             "default": self.default,
         }
+        if self.enum is not None:
+            described["enum"] = list(self.enum)
+        if self.items is not None:
+            described["items"] = _describe_items(self.items)
+        if self.read_only is not None:
+            described["read_only"] = True
+        return described
+
+
+def _describe_items(ctype: ColumnType) -> dict[str, Any]:
+    described: dict[str, Any] = {"type": ctype.api_type or API_TYPES.get(ctype.kind or "", "any")}
+    if ctype.enum is not None:
+        described["enum"] = list(ctype.enum)
+    if ctype.items is not None:
+        described["items"] = _describe_items(ctype.items)
+    return described
 
 
 @dataclass
@@ -51,6 +83,9 @@ class TableInfo:
     is_view: bool = False
     read_only: bool = False
     hidden: frozenset[str] = frozenset()
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+    #: NULL sorts after every value in ascending order (PostgreSQL), else before.
+    nulls_sort_high: bool = False
     # Statements compiled once per table (see store.py), keyed by purpose.
     statements: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -104,6 +139,52 @@ def _has_time_zone(raw_type: str) -> bool:
     return "with time zone" in lowered or lowered in ("timestamptz", "timetz")
 
 
+def _with_conversion(cls: type[peewee.Field], ctype: ColumnType) -> type[peewee.Field]:
+    """``cls``, or a subclass binding values through the backend's ``to_db``."""
+    to_db = ctype.to_db
+    if to_db is None:
+        return cls
+
+    def db_value(self: peewee.Field, value: Any) -> Any:
+        if value is None or isinstance(value, peewee.Node):
+            return value
+        return to_db(value)
+    return type(cls.__name__, (cls,), {"db_value": db_value})
+
+
+def _column_info(name: str, column: Any, fld: peewee.Field, ctype: ColumnType,
+                 numeric: tuple[int | None, int | None] | None, in_key: bool) -> ColumnInfo:
+    kind = ctype.kind or values.kind_of(fld)
+    precision, scale = numeric or (None, None)
+    if kind == "decimal" and scale is None:
+        precision = None
+    raw_type = str(column.raw_column_type)
+    return ColumnInfo(
+        name=name,
+        field=fld,
+        kind=kind,
+        nullable=bool(column.nullable) and not in_key,
+        default=column.default,
+        raw_type=raw_type,
+        precision=precision,
+        scale=scale,
+        coerce=ctype.coerce or values.coercer(kind, precision, scale,
+                                              zoned=_has_time_zone(raw_type), enum=ctype.enum,
+                                              items=ctype.items, bounds=ctype.bounds),
+        encode=ctype.encode or values.encoder(kind, scale, items=ctype.items),
+        bounds=ctype.bounds,
+        read=ctype.read,
+        api_type=ctype.api_type or API_TYPES.get(kind, "any"),
+        read_only=ctype.read_only,
+        enum=ctype.enum,
+        items=ctype.items,
+        orderable=ctype.orderable and kind != "json",
+        sort_key=ctype.sort_key,
+        compare=ctype.compare,
+        like_as_text=ctype.like_as_text,
+    )
+
+
 def _selected(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
@@ -148,13 +229,14 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
                 f"{', '.join(sorted(hidden & set(primary_key)))}"
             )
         scales = backend.numeric_scales(db, name)
-        overrides = backend.column_overrides(db, name)
+        types = backend.column_types(db, name)
         attrs: dict[str, Any] = {}
         columns: dict[str, ColumnInfo] = {}
         for index, (column_name, column) in enumerate(reflected.items()):
-            cls = overrides.get(column_name) or _field_class(column, metadata, backend)
+            ctype = types.get(column_name) or ColumnType()
+            cls = _with_conversion(ctype.field or _field_class(column, metadata, backend), ctype)
             params: dict[str, Any] = {"column_name": column_name, "null": True}
-            if cls is peewee.DecimalField:
+            if issubclass(cls, peewee.DecimalField):
                 params["auto_round"] = False
             if len(primary_key) == 1 and column_name == primary_key[0]:
                 params["primary_key"] = True
@@ -164,24 +246,8 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
             attrs[f"c{index}"] = fld
             if column_name in hidden:
                 continue
-            kind = values.kind_of(fld)
-            precision, scale = scales.get(column_name, (None, None))
-            if kind == "decimal" and scale is None:
-                precision = None
-            nullable = bool(column.nullable) and column_name not in primary_key
-            columns[column_name] = ColumnInfo(
-                name=column_name,
-                field=fld,
-                kind=kind,
-                nullable=nullable,
-                default=column.default,
-                raw_type=str(column.raw_column_type),
-                precision=precision,
-                scale=scale,
-                coerce=values.coercer(kind, precision, scale,
-                                      zoned=_has_time_zone(str(column.raw_column_type))),
-                encode=values.encoder(kind, scale),
-            )
+            columns[column_name] = _column_info(column_name, column, fld, ctype, scales.get(column_name),
+                                                column_name in primary_key)
         meta_attrs: dict[str, Any] = {"database": db, "table_name": name}
         if len(primary_key) > 1:
             position = {column_name: i for i, column_name in enumerate(reflected)}
@@ -200,5 +266,8 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
             is_view=name in views,
             read_only=settings.read_only,
             hidden=hidden,
+            foreign_keys=[fk for fk in backend.foreign_keys(db, name)
+                          if set(fk.columns) <= set(columns)],
+            nulls_sort_high=backend.nulls_sort_high,
         )
     return tables

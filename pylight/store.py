@@ -34,27 +34,21 @@ def _key_condition(table: TableInfo, key: list[Any]) -> Any:
     return condition
 
 
-def _default_order(table: TableInfo) -> list[ql.OrderBy]:
-    if table.has_key:
-        return [ql.OrderBy(name) for name in table.primary_key]
-    # Without a key, order by every comparable column so offset pages are stable.
-    return [ql.OrderBy(name) for name, column in table.columns.items()
-            if column.kind not in ("json", "binary", "any")]
-
-
 def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     names = q.select or list(table.columns)
+    # The order is always total (see query.full_order): a table with a key pages
+    # by cursor under any order, one without a key by offset.
     keyset = ql.keyset_order(table, q)
-    order = keyset or q.order or _default_order(table)
+    order = keyset or ql.full_order(table, q.order)
     fetch = names + [item.column for item in order if item.column not in names]
-    fields = [table.columns[name].field for name in fetch]
+    fields = [table.columns[name].selected for name in fetch]
 
     where = ql.to_sql(table, backend, q.where)
     if where is None:
         # No filters: the statement depends only on the columns, the order and
         # whether there is a cursor or an offset, so it is compiled once.
         shape = _ListShape.get(table, fetch, order, keyset if q.after is not None else None,
-                               bool(q.offset))
+                               bool(q.offset), q.after)
         sql, params = shape.bind(q)
     else:
         conditions = where
@@ -98,17 +92,22 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
 
 
 class _ListShape:
-    """An unfiltered list statement with slots for the cursor values, limit and offset."""
+    """An unfiltered list statement with slots for the cursor values, limit and offset.
+
+    NULLs in a cursor change the statement's text (``IS NULL`` has no slot), so
+    which cursor values are NULL is part of the shape.
+    """
 
     def __init__(self, table: TableInfo, fetch: list[str], order: list[ql.OrderBy],
-                 keyset: list[ql.OrderBy] | None, offset: bool) -> None:
-        self.cursor_slots = [object() for _ in keyset or ()]
+                 keyset: list[ql.OrderBy] | None, offset: bool, nulls: tuple[bool, ...]) -> None:
+        self.cursor_slots = [None if null else object() for null in nulls]
         self.limit_slot, self.offset_slot = object(), object()
-        self.cursor_fields = [table.columns[item.column].field for item in keyset or ()]
-        select = table.model.select(*[table.columns[name].field for name in fetch])
+        self.cursor_columns = [table.columns[item.column] for item in keyset or ()]
+        select = table.model.select(*[table.columns[name].selected for name in fetch])
         if keyset:
             select = select.where(ql.keyset_condition(
-                table, keyset, [peewee.Value(slot, converter=False) for slot in self.cursor_slots]))
+                table, keyset, [None if slot is None else peewee.Value(slot, converter=False)
+                                for slot in self.cursor_slots]))
         select = select.order_by(*ql.order_sql(table, order)).limit(self.limit_slot)
         if offset:
             select = select.offset(self.offset_slot)
@@ -116,18 +115,20 @@ class _ListShape:
 
     @classmethod
     def get(cls, table: TableInfo, fetch: list[str], order: list[ql.OrderBy],
-            keyset: list[ql.OrderBy] | None, offset: bool) -> _ListShape:
-        key = ("list", tuple(fetch), tuple(order), tuple(keyset or ()), offset)
+            keyset: list[ql.OrderBy] | None, offset: bool, after: list[Any] | None) -> _ListShape:
+        nulls = tuple(value is None for value in after or ()) if keyset else ()
+        key = ("list", tuple(fetch), tuple(order), tuple(keyset or ()), offset, nulls)
         shape = table.statements.get(key)
         if shape is None:
-            shape = table.statements[key] = cls(table, fetch, order, keyset, offset)
+            shape = table.statements[key] = cls(table, fetch, order, keyset, offset, nulls)
         return shape
 
     def bind(self, q: ql.ListQuery) -> tuple[str, list[Any]]:
         fills: dict[int, Any] = {id(self.limit_slot): q.limit + 1, id(self.offset_slot): q.offset}
-        for slot, fld, value in zip(self.cursor_slots, self.cursor_fields, q.after or (),
-                                    strict=False):
-            fills[id(slot)] = fld.db_value(value)
+        for slot, column, value in zip(self.cursor_slots, self.cursor_columns, q.after or (),
+                                       strict=False):
+            if slot is not None:
+                fills[id(slot)] = ql.bound_sort_value(column, value)
         return self.sql, [fills.get(id(param), param) for param in self.params]
 
 
@@ -141,7 +142,7 @@ class _InsertReturning:
         self.fields = {name: table.columns[name].field for name in given}
         insert = table.model.insert({self.fields[name]: peewee.Value(slot, converter=False)
                                      for name, slot in self.slots.items()})
-        insert = insert.returning(*[table.columns[n].field for n in self.names])
+        insert = insert.returning(*[table.columns[n].selected for n in self.names])
         self.sql, self.params = insert.sql()
         self.position = {id(slot): name for name, slot in self.slots.items()}
 
@@ -198,7 +199,7 @@ class _ByKey:
 
     def __init__(self, table: TableInfo, for_update: bool) -> None:
         self.names = list(table.columns)
-        fields = [table.columns[n].field for n in self.names]
+        fields = [table.columns[n].selected for n in self.names]
         self.key_fields = table.key_fields()
         condition = None
         for fld in self.key_fields:

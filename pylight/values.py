@@ -42,16 +42,31 @@ def _parse_int(text: str) -> Any:
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse a request body: decimals stay exact, NaN/Infinity and huge ints are refused."""
-    return json.loads(
-        data, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant
-    )
+    """Parse JSON a client sent: decimals stay exact, NaN/Infinity and huge ints are
+    refused, and so is nesting deep enough to exhaust the parser's recursion."""
+    try:
+        return json.loads(
+            data, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant
+        )
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _default(value: Any) -> Any:
+    # Column encoders give JSON values; this catches what slips past them (a
+    # SQLite column holding another storage class than it declares, a driver
+    # type no encoder expected), so encoding an answer can never fail.
     if isinstance(value, Decimal):
-        return format(value, "f")
-    raise TypeError(f"cannot encode {type(value).__name__}")
+        return format(value, "f") if value.is_finite() else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _encode_binary(value)
+    if isinstance(value, datetime.timedelta):
+        return iso_duration(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
+    return str(value)
 
 
 _encoder = json.JSONEncoder(
@@ -60,14 +75,34 @@ _encoder = json.JSONEncoder(
 
 
 def dumps(value: Any) -> str:
-    return _encoder.encode(value)
+    try:
+        return _encoder.encode(value)
+    except ValueError:  # NaN or Infinity nested where no encoder looked (a float array)
+        return _encoder.encode(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def iso_duration(value: datetime.timedelta) -> str:
+    """A timedelta as an ISO 8601 duration (days and seconds, as a driver gives them)."""
+    sign = "-" if value < datetime.timedelta(0) else ""
+    value = abs(value)
+    seconds = value.seconds + value.microseconds / 1_000_000
+    hours, rest = divmod(value.seconds, 3600)
+    minutes, whole = divmod(rest, 60)
+    fraction = f"{seconds - value.seconds:.6f}".rstrip("0").rstrip(".")[1:]
+    return f"{sign}P{value.days}DT{hours}H{minutes}M{whole}{fraction}S"
 
 
 # -- kinds -------------------------------------------------------------------
-
-KINDS = ("integer", "float", "decimal", "boolean", "text", "date", "time", "datetime",
-         "binary", "json", "uuid", "any")
-
 
 def kind_of(field: peewee.Field) -> str:
     """The value kind of a reflected peewee field."""
@@ -112,18 +147,23 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or isinstance(
-        value, BigNumber
-    ):
-        raise BadValue(f"expected an integer, got {_describe(value)}")
-    if isinstance(value, Decimal):
-        if value != value.to_integral_value():
-            raise BadValue("expected an integer, got a fraction")
-        value = int(value)
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise BadValue("integer out of range")
-    return value
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def coerce(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or isinstance(
+            value, BigNumber
+        ):
+            raise BadValue(f"expected an integer, got {_describe(value)}")
+        if isinstance(value, Decimal):
+            if value != value.to_integral_value():
+                raise BadValue("expected an integer, got a fraction")
+            value = int(value)
+        if not low <= value <= high:
+            raise BadValue(f"integer out of range ({low} to {high})")
+        return value
+    return coerce
+
+
+_int = _int_in(INT64_MIN, INT64_MAX)
 
 
 def _float(value: Any) -> float:
@@ -190,6 +230,19 @@ def _uuid(value: Any) -> str:
         raise BadValue(f"expected a UUID, got {value[:40]!r}") from None
 
 
+_DURATION = re.compile(
+    r"-?P(?=-?[0-9.])(-?[0-9]+Y)?(-?[0-9]+M)?(-?[0-9]+W)?(-?[0-9]+D)?"
+    r"(T(?=-?[0-9.])(-?[0-9]+H)?(-?[0-9]+M)?(-?[0-9]+(\.[0-9]+)?S)?)?")
+
+
+def _duration(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadValue(f"expected an ISO 8601 duration string, got {_describe(value)}")
+    if not _DURATION.fullmatch(value) or len(value) > 100:
+        raise BadValue(f"expected an ISO 8601 duration such as P1DT2H30M, got {value[:40]!r}")
+    return value
+
+
 def _json_value(value: Any) -> Any:
     # Bodies are parsed with Decimal floats (exact decimals for DECIMAL
     # columns), but the drivers' JSON encoders cannot serialise a Decimal:
@@ -218,6 +271,10 @@ def _plain_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain_json(item) for item in value]
     return value
+
+
+def _any_json(value: Any) -> Any:
+    return _json_value(value)
 
 
 def _any(value: Any) -> Any:
@@ -277,15 +334,49 @@ _COERCERS: dict[str, Callable[[Any], Any]] = {
     "uuid": _uuid,
     "json": _json_value,
     "any": _any,
+    "duration": _duration,
 }
 
 
+def _member(members: tuple[str, ...]) -> Callable[[Any], str]:
+    allowed = frozenset(members)
+    shown = ", ".join(members[:20]) + (", ..." if len(members) > 20 else "")
+
+    def coerce(value: Any) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise BadValue(f"expected one of {shown}, got {str(value)[:40]!r}")
+        return value
+    return coerce
+
+
+def _array(element: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+    def coerce(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise BadValue(f"expected an array, got {_describe(value)}")
+        # Nested lists are the dimensions of a multi-dimensional array.
+        return [None if item is None else coerce(item) if isinstance(item, list)
+                else element(item) for item in value]
+    return coerce
+
+
 def coercer(kind: str, precision: int | None = None, scale: int | None = None,
-            zoned: bool = False) -> Callable[[Any], Any]:
+            zoned: bool = False, enum: tuple[str, ...] | None = None,
+            items: Any = None, bounds: tuple[int, int] | None = None) -> Callable[[Any], Any]:
     """The function turning a JSON value into the column's Python value (None passes).
 
-    ``zoned``: the column keeps a UTC offset (PostgreSQL timestamptz/timetz).
+    ``zoned``: the column keeps a UTC offset (PostgreSQL timestamptz/timetz);
+    ``enum``: the members a value must be one of; ``items``: an array's element
+    type (a :class:`pylight.types.ColumnType`).
     """
+    if enum is not None:
+        return _member(enum)
+    if kind == "integer" and bounds is not None:
+        return _int_in(*bounds)
+    if kind == "array":
+        if items is None:
+            return _array(_any_json)
+        element = coercer(items.kind or "text", enum=items.enum, items=items.items)
+        return _array(element)
     if kind == "decimal":
         return decimal_coercer(precision, scale)
     if kind in ("datetime", "time") and not zoned:
@@ -347,6 +438,12 @@ def from_text(kind: str, text: str) -> Any:
             return loads(text)
         except ValueError:
             return text
+    if kind == "array":
+        try:
+            return loads(text)
+        except ValueError:
+            raise BadValue(f"expected a JSON array such as [\"a\",\"b\"], got {text[:40]!r}") \
+                from None
     return text
 
 
@@ -404,8 +501,26 @@ def _encode_any(value: Any) -> Any:
     return value
 
 
-def encoder(kind: str, scale: int | None = None) -> Callable[[Any], Any] | None:
+def _encode_array(element: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    def encode(value: Any) -> Any:
+        if isinstance(value, (set, frozenset)):
+            value = sorted(value)
+        if not isinstance(value, (list, tuple)):
+            return value
+        return [None if item is None else encode(item) if isinstance(item, list)
+                else item if element is None else element(item) for item in value]
+    return encode
+
+
+def _encode_duration(value: Any) -> Any:
+    return iso_duration(value) if isinstance(value, datetime.timedelta) else value
+
+
+def encoder(kind: str, scale: int | None = None, items: Any = None) -> Callable[[Any], Any] | None:
     """The function turning a database value into its JSON value; None means as-is."""
+    if kind == "array":
+        element = None if items is None else encoder(items.kind or "text", items=items.items)
+        return _encode_array(element)
     if kind == "decimal":
         return _encode_decimal(scale)
     return {
@@ -418,4 +533,5 @@ def encoder(kind: str, scale: int | None = None) -> Callable[[Any], Any] | None:
         "json": _encode_json,
         "any": _encode_any,
         "boolean": bool,
+        "duration": _encode_duration,
     }.get(kind)

@@ -49,7 +49,7 @@ async def test_schema_listing_shape(server):
         assert set(column) >= {"name", "type", "nullable", "default"}
     assert columns["id"]["type"] == "integer"
     assert columns["price"]["type"] == "decimal"
-    assert columns["name"]["type"] == "text"
+    assert columns["name"]["type"] == "string"
     assert columns["in_stock"]["type"] == "boolean"
     assert columns["created_at"]["type"] == "datetime"
     assert columns["name"]["nullable"] is False

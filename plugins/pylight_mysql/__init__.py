@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
+from dataclasses import replace
+from typing import Any
 
 import peewee
 import pymysql
@@ -13,6 +16,8 @@ from playhouse.pool import PooledMySQLDatabase
 from pylight import hookimpl
 from pylight.backend import Backend, change_log_inserts
 from pylight.errors import ApiError
+from pylight.types import ColumnType, SortKey
+from pylight.values import coercer
 
 # Strict mode: without it MySQL stores '' or 0 for bad or missing values
 # instead of refusing them.
@@ -24,6 +29,12 @@ _DISCONNECT = {1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 _BAD_VALUE = {1048, 1264, 1292, 1364, 1366, 1406, 3140, 3819, 4025}
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
 _JSON_CHECK = re.compile(r"json_valid\(`([^`]+)`\)", re.IGNORECASE)
+_MEMBER = re.compile(r"'((?:[^']|'')*)'")
+_WIDTH = re.compile(r"\((\d+)\)")
+_TIME = re.compile(r"-?[0-9]{1,3}:[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?")
+_INT_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "bigint": 64}
+_SPATIAL = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+            "multipolygon", "geometrycollection"}
 
 
 class MariaJSONField(peewee.Field):
@@ -46,6 +57,128 @@ class MariaJSONField(peewee.Field):
         return value
 
 
+class BitField(peewee.Field):
+    """BIT(n) as an integer (the driver gives bytes, big-endian)."""
+
+    field_type = "BIT"
+
+    def python_value(self, value):
+        return int.from_bytes(value, "big") if isinstance(value, (bytes, bytearray)) else value
+
+
+def _members(column_type: str) -> tuple[str, ...]:
+    """The members of ``enum('a','b')`` / ``set(...)`` as information_schema spells them."""
+    inner = column_type[column_type.index("(") + 1: column_type.rindex(")")]
+    return tuple(match.replace("''", "'") for match in _MEMBER.findall(inner))
+
+
+def _set_field(members: tuple[str, ...]) -> type[peewee.Field]:
+    position = {member: i for i, member in enumerate(members)}
+
+    class SetField(peewee.Field):
+        """SET as a JSON array of its members, in the order the column declares them."""
+
+        field_type = "SET"
+
+        def db_value(self, value):
+            if value is None or isinstance(value, (str, peewee.Node)):
+                return value
+            return ",".join(sorted(set(value), key=position.__getitem__))
+
+        def python_value(self, value):
+            if isinstance(value, str):
+                value = value.split(",") if value else []
+            if isinstance(value, (set, list)):
+                return sorted(value, key=lambda m: position.get(m, len(position)))
+            return value
+    return SetField
+
+
+def _time_text(value: Any) -> Any:
+    """MySQL TIME spans -838:59:59 to 838:59:59: the driver gives a timedelta."""
+    if not isinstance(value, datetime.timedelta):
+        return value.isoformat() if hasattr(value, "isoformat") else value
+    sign = "-" if value < datetime.timedelta(0) else ""
+    total = abs(value)
+    hours, rest = divmod(total.days * 86400 + total.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    fraction = f".{total.microseconds:06d}" if total.microseconds else ""
+    return f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}{fraction}"
+
+
+_TIME_OF_DAY = coercer("time")
+
+
+def _time_value(value: Any) -> Any:
+    """A time of day as for any time column; past a day or negative as MySQL spells it."""
+    if isinstance(value, str) and _TIME.fullmatch(value) and (
+            value.startswith("-") or int(value.split(":", 1)[0]) > 23):
+        return value
+    return _TIME_OF_DAY(value)
+
+
+def _int_bounds(data_type: str, column_type: str) -> tuple[int, int] | None:
+    bits = _INT_BITS.get(data_type)
+    if bits is None:
+        return None
+    if "unsigned" in column_type:
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
+    """How one MySQL/MariaDB column type is served (see pylight/types.py)."""
+    if data_type == "enum":
+        members = _members(declared)
+        index = {member: i + 1 for i, member in enumerate(members)}
+        # The database orders an ENUM by member index but compares it to a string
+        # as text: order and page by the index so cursors agree with the order.
+        return ColumnType(field=peewee.CharField, kind="text", enum=members,
+                          sort_key=SortKey(_plus_zero, lambda v: index.get(v, 0)))
+    if data_type == "set":
+        members = _members(declared)
+        bit = {member: 1 << i for i, member in enumerate(members)}
+        return ColumnType(field=_set_field(members), kind="array",
+                          items=ColumnType(kind="text", enum=members),
+                          sort_key=SortKey(_plus_zero, lambda v: sum(bit.get(m, 0) for m in v)))
+    if data_type == "bit":
+        width = int(_WIDTH.search(column_type).group(1)) if _WIDTH.search(column_type) else 1
+        return ColumnType(field=BitField, kind="integer", bounds=(0, 2**width - 1))
+    if data_type == "year":
+        return ColumnType(field=peewee.IntegerField, kind="integer", bounds=(0, 2155))
+    if data_type == "time":
+        return ColumnType(field=peewee.Field, kind="time", coerce=_time_value, encode=_time_text)
+    if data_type in _SPATIAL:
+        return ColumnType(field=peewee.TextField, kind="text", api_type="string",
+                          read=peewee.fn.ST_AsText, to_db=peewee.fn.ST_GeomFromText,
+                          compare=_wkt, orderable=False)
+    return ColumnType(bounds=_int_bounds(data_type, column_type))
+
+
+def _plus_zero(node: Any) -> Any:
+    return peewee.NodeList((node, peewee.SQL("+ 0")), parens=True)
+
+
+def _wkt(node: Any) -> Any:
+    # Both sides of a filter as WKT: the column's geometry and the value given as WKT.
+    return peewee.fn.ST_AsText(node if isinstance(node, peewee.Field)
+                               else peewee.fn.ST_GeomFromText(node))
+
+
+def _json_columns(db: peewee.Database, table: str) -> list[str]:
+    """MariaDB's JSON is LONGTEXT plus a json_valid() check: without this the column
+    reflects as text and documents come back as strings."""
+    try:
+        cursor = db.execute_sql(
+            "SELECT check_clause FROM information_schema.check_constraints "
+            "WHERE constraint_schema = DATABASE() AND table_name = %s", (table,))
+        clauses = [row[0] for row in cursor.fetchall()]
+    except peewee.DatabaseError:  # MySQL: no table_name column, JSON reflects as JSON
+        return []
+    return [match.group(1) for clause in clauses
+            if (match := _JSON_CHECK.fullmatch((clause or "").strip()))]
+
+
 class MysqlBackend(Backend):
     name = "MySQL"
     schemes = ("mysql", "mariadb")
@@ -65,18 +198,22 @@ class MysqlBackend(Backend):
     def current_schema_sql(self) -> str:
         return "DATABASE()"
 
-    def column_overrides(self, db: peewee.Database, table: str) -> dict[str, type[peewee.Field]]:
-        # MariaDB's JSON is LONGTEXT plus a json_valid() check: without this
-        # the column reflects as text and documents come back as strings.
-        try:
-            cursor = db.execute_sql(
-                "SELECT check_clause FROM information_schema.check_constraints "
-                "WHERE constraint_schema = DATABASE() AND table_name = %s", (table,))
-            clauses = [row[0] for row in cursor.fetchall()]
-        except peewee.DatabaseError:  # MySQL: no table_name column, JSON reflects as JSON
-            return {}
-        return {match.group(1): MariaJSONField for clause in clauses
-                if (match := _JSON_CHECK.fullmatch((clause or "").strip()))}
+    def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
+        cursor = db.execute_sql(
+            "SELECT column_name, data_type, column_type, extra FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND table_name = %s", (table,))
+        types = {}
+        for name, data_type, column_type, extra in cursor.fetchall():
+            ctype = _column_type(str(data_type).lower(), str(column_type).lower(),
+                                 str(column_type))
+            if "GENERATED" in str(extra).upper():
+                ctype = replace(ctype, read_only="a generated column")
+            if ctype != ColumnType():
+                types[name] = ctype
+        for name in _json_columns(db, table):
+            types[name] = replace(types.get(name, ColumnType()), field=MariaJSONField,
+                                  compare=peewee.fn.JSON_COMPACT)
+        return types
 
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         # Compare bytes so the result does not depend on the column's collation

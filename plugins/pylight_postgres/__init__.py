@@ -14,8 +14,11 @@ from playhouse.pool import PooledPostgresqlDatabase
 from tornado.ioloop import IOLoop
 
 from pylight import hookimpl
-from pylight.backend import Backend, ChangeWatcher, redact_url
+from pylight.backend import Backend, ChangeWatcher, group_foreign_keys, redact_url
 from pylight.errors import ApiError
+from pylight.types import ColumnType, ForeignKey
+
+from . import pg_types
 
 log = logging.getLogger("pylight")
 
@@ -56,19 +59,49 @@ $$
 """
 
 
+class PylightPostgresDatabase(PooledPostgresqlDatabase):
+    """The pool, with every new connection reading the types Pylight serves as text."""
+
+    def _connect(self) -> Any:
+        conn = super()._connect()
+        pg_types.register_text_types(conn)
+        return conn
+
+
 class PostgresBackend(Backend):
     name = "PostgreSQL"
     schemes = ("postgresql", "postgres")
     supports_returning = True
+    nulls_sort_high = True
 
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
         kwargs = self.connect_kwargs(url)
         database = kwargs.pop("database")
         kwargs.setdefault("connect_timeout", max(int(connect_timeout), 1))
         kwargs.setdefault("application_name", "pylight")
-        return PooledPostgresqlDatabase(
+        # Intervals are read and written as ISO 8601 durations.
+        kwargs["options"] = (kwargs.get("options", "") + " -c IntervalStyle=iso_8601").strip()
+        return PylightPostgresDatabase(
             database, max_connections=pool_size, stale_timeout=300, **kwargs
         )
+
+    def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
+        return pg_types.column_types(db, table)
+
+    def foreign_keys(self, db: peewee.Database, table: str) -> list[ForeignKey]:
+        cursor = db.execute_sql(
+            "SELECT con.oid, a.attname, ref.relname, ra.attname "
+            "FROM pg_constraint con "
+            "JOIN pg_class c ON c.oid = con.conrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_class ref ON ref.oid = con.confrelid "
+            "CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY "
+            "    AS k(attnum, refnum, position) "
+            "JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum "
+            "JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = k.refnum "
+            "WHERE con.contype = 'f' AND n.nspname = current_schema() AND c.relname = %s "
+            "ORDER BY con.conname, con.oid, k.position", (table,))
+        return group_foreign_keys(cursor.fetchall())
 
     def is_disconnect(self, exc: BaseException) -> bool:
         err = self.driver_error(exc)

@@ -11,8 +11,15 @@ import peewee
 from playhouse.pool import PooledSqliteDatabase
 
 from pylight import hookimpl
-from pylight.backend import Backend, ChangeWatcher, change_log_inserts, declared_precision
+from pylight.backend import (
+    Backend,
+    ChangeWatcher,
+    change_log_inserts,
+    declared_precision,
+    group_foreign_keys,
+)
 from pylight.errors import ApiError, StartupError
+from pylight.types import ForeignKey
 
 # Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
 # column turns back into a number.
@@ -91,6 +98,16 @@ class SqliteBackend(Backend):
             if declared.startswith(("decimal", "numeric")):
                 scales[column.name] = declared_precision(declared)
         return scales
+
+    def foreign_keys(self, db: peewee.Database, table: str) -> list[ForeignKey]:
+        rows = db.execute_sql(f"PRAGMA foreign_key_list({_ident(table)})").fetchall()
+        resolved = []
+        for fk_id, position, parent, column, referenced, *_ in sorted(rows, key=lambda r: r[:2]):
+            if referenced is None:  # "REFERENCES parent": the parent's primary key
+                keys = db.get_primary_keys(parent)
+                referenced = keys[position] if position < len(keys) else column
+            resolved.append((fk_id, column, parent, referenced))
+        return group_foreign_keys(resolved)
 
     def field_for_unknown(self, raw_type: str) -> type[peewee.Field] | None:
         base = (raw_type or "").lower().split("(", 1)[0].strip()

@@ -1,0 +1,185 @@
+"""PostgreSQL's column types as Pylight serves them (see pylight/types.py).
+
+Types with an exact JSON form keep it (numbers, booleans, dates, JSON,
+arrays); every other type is served as the text PostgreSQL itself reads and
+writes (intervals as ISO 8601 durations, ranges, network addresses, bit
+strings, geometry, xml, text search), so what a GET returns, a PUT accepts
+and an ``eq`` filter finds unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import peewee
+import psycopg2.extensions as ext
+
+from pylight.types import ColumnType
+
+# Built-in types the driver would turn into Python objects that are not their
+# text (timedelta, Range): read them as the text PostgreSQL writes.
+# interval, the six ranges and six multiranges; then their array types.
+_TEXT_OIDS = (1186, 3904, 3906, 3908, 3910, 3912, 3926, 4451, 4532, 4533, 4534, 4535, 4536)
+_TEXT_ARRAY_OIDS = (1187, 3905, 3907, 3909, 3911, 3913, 3927, 6150, 6151, 6152, 6153, 6155, 6157)
+_AS_TEXT = ext.new_type(_TEXT_OIDS, "PYLIGHT_TEXT", lambda value, cursor: value)
+_AS_TEXT_ARRAY = ext.new_array_type(_TEXT_ARRAY_OIDS, "PYLIGHT_TEXT_ARRAY", _AS_TEXT)
+
+
+def register_text_types(conn: Any) -> None:
+    ext.register_type(_AS_TEXT, conn)
+    ext.register_type(_AS_TEXT_ARRAY, conn)
+
+
+# Element types whose arrays the driver already parses into Python values.
+_DRIVER_ARRAYS = {"int2", "int4", "int8", "float4", "float8", "numeric", "bool", "text",
+                  "varchar", "bpchar", "name", "date", "time", "timetz", "timestamp",
+                  "timestamptz", "json", "jsonb", "bytea", "oid", "interval", "int4range",
+                  "int8range", "numrange", "tsrange", "tstzrange", "daterange"}
+_registered_arrays: set[int] = set()
+
+_INTEGERS = {"int2": 16, "int4": 32, "int8": 64}
+_FLOATS = {"float4", "float8"}
+_TEXTS = {"text", "varchar", "bpchar", "name", "char", "citext"}
+# No btree operator class: ORDER BY and < > fail on these.
+_UNORDERED = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle", "xid",
+              "cid", "tid", "aclitem"}
+# No equality operator, or one that is not equality (box and circle compare areas):
+# filters compare their text.
+_COMPARE_AS_TEXT = {"xml", "point", "line", "lseg", "box", "path", "polygon", "circle", "xid",
+                    "cid", "tid", "aclitem"}
+_PEEWEE = {"int2": peewee.SmallIntegerField, "int4": peewee.IntegerField,
+           "int8": peewee.BigIntegerField, "float4": peewee.FloatField,
+           "float8": peewee.DoubleField, "numeric": peewee.DecimalField,
+           "bool": peewee.BooleanField, "date": peewee.DateField, "time": peewee.TimeField,
+           "timetz": peewee.TimeField, "timestamp": peewee.DateTimeField,
+           "timestamptz": peewee.DateTimeField, "bytea": peewee.BlobField,
+           "uuid": peewee.UUIDField}
+
+_KINDS = {"numeric": "decimal", "bool": "boolean", "date": "date", "time": "time",
+          "timetz": "time", "timestamp": "datetime", "timestamptz": "datetime",
+          "bytea": "binary", "uuid": "uuid"}
+
+_COLUMNS = """
+SELECT a.attname, b.typname, b.typtype, b.typcategory, a.attgenerated, a.attidentity,
+       b.oid, e.typname, e.typtype, e.oid
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
+WHERE n.nspname = current_schema() AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+def _enum_members(db: peewee.Database) -> dict[int, tuple[str, ...]]:
+    members: dict[int, list[str]] = {}
+    for type_oid, label in db.execute_sql(
+            "SELECT enumtypid, enumlabel FROM pg_enum ORDER BY enumtypid, enumsortorder"):
+        members.setdefault(type_oid, []).append(label)
+    return {oid: tuple(labels) for oid, labels in members.items()}
+
+
+def column_types(db: peewee.Database, table: str) -> dict[str, ColumnType]:
+    enums = _enum_members(db)
+    types: dict[str, ColumnType] = {}
+    for (name, type_name, type_kind, category, generated, identity, type_oid,
+         element_name, element_kind, element_oid) in db.execute_sql(_COLUMNS, (table,)):
+        if category == "A" and element_name is not None:
+            element = _scalar(element_name, element_kind, enums.get(element_oid))
+            if element_name not in _DRIVER_ARRAYS and type_oid not in _registered_arrays:
+                # Arrays of types the driver does not know (enums, inet...) would come
+                # back as one string: have it split them into lists of text.
+                ext.register_type(ext.new_array_type(
+                    (type_oid,), f"PYLIGHT_ARRAY_{type_oid}", ext.UNICODE))
+                _registered_arrays.add(type_oid)
+            ctype = ColumnType(field=peewee.Field, kind="array", items=element,
+                               to_db=array_literal, orderable=element.orderable,
+                               like_as_text=True,
+                               compare=_as_text if element_name in _COMPARE_AS_TEXT else None)
+        else:
+            ctype = _scalar(type_name, type_kind, enums.get(type_oid))
+        if generated == "s":
+            ctype = _read_only(ctype, "a generated column")
+        elif identity == "a":
+            ctype = _read_only(ctype, "an identity column GENERATED ALWAYS")
+        types[name] = ctype
+    return types
+
+
+def _read_only(ctype: ColumnType, why: str) -> ColumnType:
+    return replace(ctype, read_only=why)
+
+
+def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> ColumnType:
+    """The ColumnType of one (non-array) PostgreSQL type."""
+    if type_kind == "e" and members is not None:
+        return ColumnType(field=peewee.TextField, kind="text", enum=members, like_as_text=True)
+    if type_name in _INTEGERS:
+        bits = _INTEGERS[type_name]
+        return ColumnType(field=_PEEWEE[type_name], kind="integer",
+                          bounds=(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1))
+    if type_name == "oid":
+        return ColumnType(field=peewee.BigIntegerField, kind="integer", bounds=(0, 2**32 - 1))
+    if type_name in _FLOATS:
+        return ColumnType(field=_PEEWEE[type_name], kind="float")
+    if type_name in _TEXTS:
+        return ColumnType(kind="text")
+    if type_name in _PEEWEE:
+        return ColumnType(field=_PEEWEE[type_name], kind=_KINDS[type_name],
+                          like_as_text=type_name == "uuid")
+    if type_name == "json":
+        return ColumnType(kind="json", compare=_as_jsonb, orderable=False)
+    if type_name == "jsonb":
+        return ColumnType(kind="json", compare=_as_jsonb)
+    if type_name == "interval":
+        return ColumnType(field=peewee.Field, kind="duration", like_as_text=True)
+    # Everything else (money, inet, cidr, macaddr, bit strings, ranges, xml, tsvector,
+    # geometry, pg_lsn ...) as PostgreSQL's own text.
+    return ColumnType(field=peewee.TextField, kind="text", api_type="string",
+                      orderable=type_name not in _UNORDERED, like_as_text=True,
+                      compare=_as_text if type_name in _COMPARE_AS_TEXT else None)
+
+
+def _as_text(node: Any) -> Any:
+    return peewee.Cast(node, "text")
+
+
+def _as_jsonb(node: Any) -> Any:
+    return peewee.Cast(node, "jsonb")
+
+
+# -- array values as PostgreSQL array literals --------------------------------------
+#
+# A Python list would be sent as ARRAY[...] of the elements' SQL types (text[] for
+# strings), which PostgreSQL will not assign to an enum[] or inet[] column; the
+# literal '{...}' is untyped and takes the column's type, whatever it is.
+
+def array_literal(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    return "{" + ",".join(_element(item) for item in value) + "}"
+
+
+def _element(item: Any) -> str:
+    if item is None:
+        return "NULL"
+    if isinstance(item, list):
+        return array_literal(item)
+    if isinstance(item, bool):
+        text = "t" if item else "f"
+    elif isinstance(item, (int, float, Decimal)):
+        text = str(item)
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        text = "\\x" + bytes(item).hex()
+    elif isinstance(item, (datetime.date, datetime.time)):
+        text = item.isoformat()
+    elif isinstance(item, dict):
+        text = json.dumps(item)
+    else:
+        text = str(item)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,72 @@
+"""What a backend tells the core about a column type that peewee's reflection does not.
+
+Each backend plugin owns its database's types (:meth:`Backend.column_types`):
+for a column it may give another peewee field class, the value kind
+(``values.py`` turns JSON into Python values and back by kind), the type name
+``GET /api/`` shows, enum members, whether the column can be written, and how
+the database orders and compares it. Everything left out keeps the default
+derived from the reflected peewee field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+#: The ``type`` names of ``GET /api/`` for each value kind.
+API_TYPES = {
+    "integer": "integer", "float": "number", "decimal": "decimal", "boolean": "boolean",
+    "text": "string", "date": "date", "time": "time", "datetime": "datetime",
+    "duration": "duration", "binary": "binary", "json": "json", "uuid": "uuid",
+    "array": "array", "any": "any",
+}
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """The database orders the column by ``expression(column)``, not by its value;
+    ``value`` turns a value as the API shows it into that order's terms (a MySQL
+    ENUM orders by member index, while comparing it to a string compares text)."""
+
+    expression: Callable[[Any], Any]
+    value: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    field: type[peewee.Field] | None = None  # the peewee field class; None: as reflected
+    kind: str | None = None  # the value kind; None: from the field class
+    api_type: str | None = None  # the GET /api/ type; None: API_TYPES[kind]
+    read_only: str | None = None  # why the column cannot be written (None: it can)
+    enum: tuple[str, ...] | None = None  # the members, in the database's order
+    items: ColumnType | None = None  # an array's element type
+    orderable: bool = True  # ORDER BY works on it (a cursor can follow it)
+    sort_key: SortKey | None = None
+    #: Filters compare ``compare(column)`` with ``compare(value)`` (e.g. both cast to
+    #: text, for types without an equality operator); None: the column itself.
+    compare: Callable[[Any], Any] | None = None
+    #: LIKE needs the column cast to text first (PostgreSQL non-text types).
+    like_as_text: bool = False
+    #: The SELECT list reads ``read(column)`` (e.g. spatial values as WKT); None: as is.
+    read: Callable[[Any], Any] | None = None
+    #: Turns a value (coerced, as a list for arrays) into what the driver binds.
+    to_db: Callable[[Any], Any] | None = None
+    #: The smallest and largest integer the column holds (None: 64-bit signed).
+    bounds: tuple[int, int] | None = None
+    #: Replace values.py's JSON -> Python value and database value -> JSON functions.
+    coerce: Callable[[Any], Any] | None = None
+    encode: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    table: str
+    references: tuple[str, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"columns": list(self.columns),
+                "references": {"table": self.table, "columns": list(self.references)}}
