@@ -114,6 +114,11 @@ class Backend:
         """A field class for a column type peewee's reflection does not know, or None."""
         return None
 
+    def columns(self, db: peewee.Database, table: str, reflected: dict[str, Any]) -> dict[str, Any]:
+        """The columns of ``table`` in order, as peewee's reflection found them
+        (``playhouse.reflection.Column``); a backend adds any it leaves out."""
+        return reflected
+
     def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
         """``{column: ColumnType}`` for the columns of ``table`` this database knows better
         than peewee's reflection (types it does not know, enum members, generated

@@ -213,7 +213,7 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
     for name in exposed:
         settings = config.table(name)
         hidden = frozenset(settings.hidden)
-        reflected = metadata.columns[name]
+        reflected = backend.columns(db, name, metadata.columns[name])
         unknown = hidden - set(reflected)
         if unknown:
             raise StartupError(

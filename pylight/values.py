@@ -282,6 +282,11 @@ def _any(value: Any) -> Any:
         raise BadValue(f"expected a scalar, got {_describe(value)}")
     if isinstance(value, BigNumber):
         raise BadValue("number too large")
+    if isinstance(value, Decimal):
+        # A number, stored as a number (a Decimal would be bound as text).
+        return _float(value)
+    if isinstance(value, str):
+        return _text(value)
     return value
 
 
@@ -410,6 +415,7 @@ def _naive_utc(coerce: Callable[[Any], Any]) -> Callable[[Any], Any]:
 # -- query-string text -> JSON-like value ---------------------------------------
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?[0-9]{1,30}\.[0-9]{1,30}")
 
 
 def from_text(kind: str, text: str) -> Any:
@@ -438,6 +444,13 @@ def from_text(kind: str, text: str) -> Any:
             return loads(text)
         except ValueError:
             return text
+    if kind == "any":
+        # A column of no declared type holds numbers as numbers: "4000" means 4000.
+        if _INTEGER.fullmatch(text) and len(text) <= 18:
+            return int(text)
+        if _FLOAT.fullmatch(text):
+            return float(text)
+        return text
     if kind == "array":
         try:
             return loads(text)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import sqlite3
 import uuid
+from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 import peewee
 from playhouse.pool import PooledSqliteDatabase
+from playhouse.reflection import Column
 
 from pylight import hookimpl
 from pylight.backend import (
@@ -19,7 +23,8 @@ from pylight.backend import (
     group_foreign_keys,
 )
 from pylight.errors import ApiError, StartupError
-from pylight.types import ForeignKey
+from pylight.types import ColumnType, ForeignKey
+from pylight.values import coercer
 
 # Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
 # column turns back into a number.
@@ -37,6 +42,52 @@ _TYPES = {
     "tinyint": peewee.IntegerField,
     "mediumint": peewee.IntegerField,
 }
+
+
+_TEMPORAL = {"date": "date", "datetime": "datetime", "timestamp": "datetime",
+             "timestamptz": "datetime", "time": "time"}
+# SQLite's own date and time functions read every ISO 8601 form (T or space,
+# date only, an offset): filters compare moments, not spellings.
+_NORMALIZE = {"date": "%Y-%m-%d", "datetime": "%Y-%m-%d %H:%M:%f", "time": "%H:%M:%f"}
+
+
+def _declared_type(declared: str) -> ColumnType:
+    """How a column of this declared type is served (SQLite keeps any value anywhere)."""
+    base = declared.lower().split("(", 1)[0].strip()
+    if not base or base == "any":
+        return ColumnType(kind="any")
+    kind = _TEMPORAL.get(base)
+    if kind is None:
+        return ColumnType()
+    # Dates and times are text in SQLite, often written by other programs in other
+    # spellings ('2006-02-14' in a TIMESTAMP column): served exactly as stored, so
+    # a value reads back, pages and filters as the database holds it.
+    pattern = _NORMALIZE[kind]
+    return ColumnType(field=peewee.TextField, kind=kind, coerce=_temporal_text(kind),
+                      encode=_as_stored,
+                      compare=lambda node: peewee.fn.strftime(pattern, node))
+
+
+def _as_stored(value: Any) -> Any:
+    return value
+
+
+def _temporal_text(kind: str) -> Any:
+    parse = coercer(kind)  # validates; an offset becomes naive UTC
+
+    def coerce(value: Any) -> Any:
+        parsed = parse(value)
+        if isinstance(value, str) and parsed == _plain(kind, value):
+            return value  # stored as given: it is what a later GET shows
+        return parsed.isoformat()
+    return coerce
+
+
+def _plain(kind: str, text: str) -> Any:
+    """``text`` parsed without offset conversion (None when it carries an offset)."""
+    parsed = {"date": datetime.date, "datetime": datetime.datetime,
+              "time": datetime.time}[kind].fromisoformat(text)
+    return None if kind != "date" and parsed.utcoffset() is not None else parsed
 
 
 class SqliteBackend(Backend):
@@ -98,6 +149,31 @@ class SqliteBackend(Backend):
             if declared.startswith(("decimal", "numeric")):
                 scales[column.name] = declared_precision(declared)
         return scales
+
+    def columns(self, db: peewee.Database, table: str, reflected: dict[str, Any]) -> dict[str, Any]:
+        # PRAGMA table_info (what peewee reads) leaves generated columns out.
+        rows = db.execute_sql(f"PRAGMA table_xinfo({_ident(table)})").fetchall()
+        if all(row[1] in reflected for row in rows):
+            return reflected
+        columns = {}
+        for _, name, declared, notnull, default, _, hidden in rows:
+            if name in reflected:
+                columns[name] = reflected[name]
+            elif hidden in (2, 3):  # VIRTUAL, STORED
+                columns[name] = Column(name, self.field_for_unknown(declared) or peewee.BareField,
+                                       declared, not notnull, column_name=name, default=default)
+        return columns
+
+    def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
+        types = {}
+        for _, name, declared, _, _, _, hidden in db.execute_sql(
+                f"PRAGMA table_xinfo({_ident(table)})").fetchall():
+            ctype = _declared_type(declared or "")
+            if hidden in (2, 3):
+                ctype = replace(ctype, read_only="a generated column")
+            if ctype != ColumnType():
+                types[name] = ctype
+        return types
 
     def foreign_keys(self, db: peewee.Database, table: str) -> list[ForeignKey]:
         rows = db.execute_sql(f"PRAGMA foreign_key_list({_ident(table)})").fetchall()
