@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import fnmatch
 import inspect
 import logging
 from typing import Any
@@ -15,7 +17,7 @@ from pylight import demo, openapi, ops, realtime, rest, web
 from pylight.auth import Auth
 from pylight.backend import Backend, redact_url, url_scheme
 from pylight.capture import Capture
-from pylight.config import Config
+from pylight.config import Config, TableSettings
 from pylight.db import Database
 from pylight.errors import StartupError
 from pylight.handlers import NotFoundHandler
@@ -23,6 +25,16 @@ from pylight.hub import Hub
 from pylight.schema import TableInfo, reflect
 
 log = logging.getLogger("pylight")
+
+# The demo's own table settings. `python -m pylight` applies them (Pylight's
+# ``demo_settings``) with seed_demo = true when the database holds the demo
+# tables, unless the configuration has a section of its own for the table: the
+# shipped etc/pylight.ini serves any database, so it cannot carry a live
+# [table:users] (a section naming a missing table stops start-up).
+DEMO_TABLES = ("products", "users", "orders")
+DEMO_TABLE_SETTINGS = {"users": TableSettings(hidden=["password_hash"])}
+# How many names a start-up message lists before "and N more".
+NAMES_SHOWN = 20
 
 
 def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
@@ -55,8 +67,14 @@ async def _await_all(results: list[Any]) -> None:
 class Pylight:
     """One Pylight server: configuration, plugins, database, tables and hub."""
 
-    def __init__(self, config: Config, pm: pluggy.PluginManager) -> None:
+    def __init__(self, config: Config, pm: pluggy.PluginManager, *,
+                 demo_settings: bool = False) -> None:
+        """``demo_settings``: with ``seed_demo = true``, hide the demo's
+        ``users.password_hash`` as ``[table:users] hidden = password_hash`` would
+        (when the database holds the demo tables and the configuration has no
+        ``[table:users]``). The command line passes True."""
         self.config = config
+        self.demo_settings = demo_settings
         self.pm = pm
         self.hub = Hub(self.format_notification, config.realtime.replay_buffer)
         self.connections = realtime.Connections(config.realtime.heartbeat_interval,
@@ -71,6 +89,8 @@ class Pylight:
         self.backend: Backend = choose_backend(pm, config.database.url)
         self.db: Database
         self.tables: dict[str, TableInfo] = {}
+        # Every table and view of the database, exposed or not (for start-up messages).
+        self.database_tables: list[str] = []
         self.server: HTTPServer | None = None
         self._openapi: dict[str, Any] | None = None
         self._stopped = False
@@ -90,9 +110,36 @@ class Pylight:
         if settings.seed_demo:
             demo.seed(raw)
         with raw.connection_context():
+            self.database_tables = sorted({*raw.get_tables(),
+                                           *(view.name for view in raw.get_views())})
+            if settings.seed_demo and self.demo_settings:
+                self._apply_demo_settings(raw)
             self.tables = reflect(raw, self.backend, self.config)
         if self.capture is not None:
             self.capture.prepare()
+
+    def _apply_demo_settings(self, raw: Any) -> None:
+        """Add the demo's table settings when the database holds the demo tables."""
+        if not set(DEMO_TABLES) <= set(self.database_tables):
+            return
+        added = {}
+        for name, settings in DEMO_TABLE_SETTINGS.items():
+            if name in self.config.tables:
+                continue  # the file's own section wins
+            columns = {column.name for column in raw.get_columns(name)}
+            if set(settings.hidden) <= columns:
+                added[name] = settings
+        if added:
+            for name, settings in added.items():
+                log.info("the demo: hiding %s of %s (a [table:%s] section of your own "
+                         "replaces this)", ", ".join(settings.hidden), name, name)
+            self.config = dataclasses.replace(self.config,
+                                              tables={**self.config.tables, **added})
+
+    def database_names(self) -> list[str]:
+        """The database's tables and views that are not Pylight's own, exposed or not."""
+        internal = ("_pylight", *self.backend.internal_table_prefixes)
+        return [name for name in self.database_tables if not name.startswith(internal)]
 
     # -- the Tornado application ---------------------------------------------------
     def make_app(self) -> tornado.web.Application:
@@ -115,15 +162,18 @@ class Pylight:
         )
 
     def describe_table(self, table: TableInfo) -> dict[str, Any]:
-        api, realtime = self.config.api, self.config.realtime
+        api, feeds = self.config.api, self.config.realtime
         return {
             "name": table.name,
             "primary_key": table.primary_key,
             "columns": [column.describe() for column in table.columns.values()],
             "view": table.is_view,
             "read_only": not table.writable,
+            "foreign_keys": [key.describe() for key in table.foreign_keys],
             "url": f"{api.prefix}/{table.name}",
-            "ws": f"{realtime.prefix}/{table.name}" if realtime.enabled else None,
+            # A view has no feed unless a plugin provides its changes.
+            "ws": f"{feeds.prefix}/{table.name}"
+            if feeds.enabled and realtime.has_feed(table) else None,
         }
 
     def format_notification(self, change: Any, seq: int) -> dict[str, Any]:
@@ -176,10 +226,44 @@ class Pylight:
             flags = " (read-only)" if table.writable is False and not table.is_view else ""
             log.info("exposing %s %s at %s%s/%s%s", kind, table.name, base,
                      self.config.api.prefix, table.name, flags)
-        if not self.tables:
-            log.warning("the database has no tables to expose")
+        self._log_selection()
         log.info("Pylight serving %s on %s%s/ (database: %s)", self.backend.name, base,
                  self.config.api.prefix, redact_url(self.config.database.url))
+
+    def _log_selection(self) -> None:
+        """Warn when [api] tables / exclude select nothing, naming what the database has."""
+        api = self.config.api
+        found = self.database_names()
+        setting = f"[api] tables = {', '.join(api.tables) or '(empty)'}"
+        where = f" in {self.config.source}" if self.config.source != "<defaults>" else ""
+        if not self.tables and found:
+            listed = ", ".join(found[:NAMES_SHOWN])
+            if len(found) > NAMES_SHOWN:
+                listed += f" and {len(found) - NAMES_SHOWN} more"
+            has = ("1 table or view" if len(found) == 1
+                   else f"{len(found)} tables and views")
+            if api.exclude:
+                what = f"{setting} with [api] exclude = {', '.join(api.exclude)} leaves nothing"
+                change = ("[api] tables or [api] exclude", "PYLIGHT_API_TABLES / "
+                          "PYLIGHT_API_EXCLUDE")
+            else:
+                what = f"{setting} matches nothing"
+                change = ("[api] tables", "PYLIGHT_API_TABLES")
+            log.warning("no table is exposed: %s, and the database has %s: %s; change %s%s "
+                        "(or %s)", what, has, listed, change[0], where, change[1])
+        elif not self.tables:
+            hint = ("seed_demo creates the demo tables only in a database without any table"
+                    if self.config.database.seed_demo else
+                    "create some, or set [database] seed_demo = true to create the demo "
+                    "tables products, users and orders")
+            log.warning("the database has no tables or views to expose; %s", hint)
+        else:
+            # Some are exposed: name the entries of the list that match nothing (typos).
+            unmatched = [pattern for pattern in api.tables
+                         if not any(fnmatch.fnmatchcase(name, pattern) for name in found)]
+            if unmatched:
+                log.warning("%s: %s matches no table or view of the database; check the "
+                            "name%s", setting, ", ".join(unmatched), where)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, close feeds with 1001, let in-flight requests finish, close the pool."""

@@ -53,7 +53,8 @@ async def serve(config: Config) -> None:
     from pylight.plugins import make_plugin_manager
 
     pm = make_plugin_manager(config.plugins.load)
-    app = Pylight(config, pm)
+    # The command line serves the demo with its password hashes hidden (see app.py).
+    app = Pylight(config, pm, demo_settings=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, app.open)
     await app.start()

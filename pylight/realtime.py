@@ -61,6 +61,17 @@ def notice_frame(notice: Notice, unmatched: bool = False) -> bytes:
     return frame
 
 
+def has_feed(table: TableInfo) -> bool:
+    """Whether ``table`` has a change feed: every table; a view only with a change source.
+
+    Nothing writes to a view through Pylight and capture triggers cannot be
+    put on one, so its feed would stay silent. A plugin that publishes a
+    view's changes itself (``app.hub.publish``) marks its table info, e.g. in
+    ``pylight_startup``: ``app.tables["my_view"].change_source = "my_plugin"``.
+    """
+    return not table.is_view or bool(getattr(table, "change_source", None))
+
+
 class Connections:
     """Every open feed connection: one timer drives all heartbeats; shutdown closes all."""
 
@@ -166,6 +177,11 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         table = self.app.tables.get(name)
         if table is None:
             raise not_found(f"no table named {name[:100]!r}", table=name[:100])
+        if not has_feed(table):
+            raise not_found(
+                f"{table.name!r} is a view; views cannot be captured, so it has no change "
+                f"feed (read it over REST: {self.app.config.api.prefix}/{table.name})",
+                table=table.name)
         arguments = self.request.query_arguments
         where = ql.parse_filters(table, arguments, ignore=FEED_PARAMS)
         if "since" in arguments:
@@ -569,4 +585,4 @@ def routes(prefix: str, app: Pylight) -> list[tuple[str, type, dict[str, Any]]]:
     return [(rf"{prefix}/([^/]+)", FeedHandler, {"app": app})]
 
 
-__all__ = ["ApiError", "Connections", "FeedHandler", "TableInfo", "routes"]
+__all__ = ["ApiError", "Connections", "FeedHandler", "TableInfo", "has_feed", "routes"]

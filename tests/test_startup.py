@@ -353,3 +353,59 @@ def test_sigterm_lets_an_in_flight_request_finish(tmp_path: Path) -> None:
                         (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
+
+
+# -- the shipped configuration on your own database (README "Pointing it at your database") --
+
+def test_shipped_config_serves_any_database(tmp_path: Path, database: Any) -> None:
+    """`--conf etc/pylight.ini --database-url ...` on a database with none of the demo's
+    tables, and then with a `users` table of its own: nothing in the shipped file stops it."""
+    database.ddl("CREATE TABLE gadgets (id INTEGER PRIMARY KEY, label VARCHAR(40) NOT NULL);\n"
+                 "INSERT INTO gadgets (id, label) VALUES (1, 'sprocket')")
+    args = ["--conf", str(SHIPPED_INI), "--database-url", database.url]
+    port = free_port()
+    with pylight([*args, "--port", str(port)], tmp_path, port) as server:
+        status, body = server.get("/api/gadgets")
+        assert status == 200 and body["items"] == [{"id": 1, "label": "sprocket"}]
+        status, schema = server.get("/api/")
+        assert [table["name"] for table in schema["tables"]] == ["gadgets"]  # nothing seeded
+        assert server.stop() == 0
+    assert f"exposing table gadgets at http://127.0.0.1:{port}/api/gadgets" in server.stderr
+    assert "error" not in server.stderr and "WARNING" not in server.stderr
+
+    # A users table unlike the demo's is served as it is, every column included.
+    database.ddl("CREATE TABLE users (id INTEGER PRIMARY KEY, login VARCHAR(40) NOT NULL,"
+                 " password_hash VARCHAR(60));\n"
+                 "INSERT INTO users (id, login, password_hash) VALUES (7, 'ann', 'h')")
+    port = free_port()
+    with pylight([*args, "--port", str(port)], tmp_path, port) as server:
+        status, body = server.get("/api/users")
+        assert status == 200 and body["items"] == [{"id": 7, "login": "ann", "password_hash": "h"}]
+        assert server.stop() == 0
+    assert "the demo" not in server.stderr
+
+
+def test_shipped_demo_hides_password_hash_unless_the_file_says_otherwise(tmp_path: Path) -> None:
+    """The demo's users.password_hash is hidden without a [table:users] in the shipped file;
+    a [table:users] section of one's own replaces that."""
+    text = SHIPPED_INI.read_text()
+    assert "\n[table:" not in text  # no live table section: it would only fit the demo
+    write_ini(tmp_path, text)
+    port = free_port()
+    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+        status, users = server.get("/api/users")
+        assert status == 200 and len(users["items"]) == 2
+        assert all("password_hash" not in user for user in users["items"])
+        status, schema = server.get("/api/")
+        users_table = next(t for t in schema["tables"] if t["name"] == "users")
+        assert "password_hash" not in [column["name"] for column in users_table["columns"]]
+        assert server.stop() == 0
+    assert "hiding password_hash of users" in server.stderr
+
+    write_ini(tmp_path, text + "\n[table:users]\nread_only = true\n")
+    port = free_port()
+    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+        status, users = server.get("/api/users")
+        assert status == 200 and all("password_hash" in user for user in users["items"])
+        assert server.stop() == 0
+    assert "hiding" not in server.stderr
