@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,8 @@ from playhouse.db_url import parse as parse_db_url
 
 from pylight.errors import ApiError, StartupError, conflict, unavailable, unprocessable
 from pylight.types import ColumnType, ForeignKey
+
+log = logging.getLogger("pylight")
 
 
 def redact_url(url: str) -> str:
@@ -25,6 +28,11 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def url_scheme(url: str) -> str:
@@ -188,7 +196,25 @@ class Backend:
         return False
 
     def classify_error(self, exc: BaseException) -> ApiError | None:
-        """Map a driver error to the contract's 409/422/503, or None if it is a bug."""
+        """Map a driver error to the contract's 409/422/503 by its code, or None when
+        the code is not one the backend knows (then :meth:`map_error` goes by class)."""
+        return None
+
+    def map_error(self, exc: BaseException) -> ApiError | None:
+        """The client's answer for a database error: by code (the backend), else by
+        the DB-API class every driver uses; None only for a programming error (a bug)."""
+        mapped = self.classify_error(exc)
+        if mapped is not None:
+            return mapped
+        if isinstance(exc, peewee.IntegrityError):
+            return conflict("the change conflicts with a constraint of the table",
+                            reason=_first_line(self.driver_error(exc)))
+        if isinstance(exc, peewee.DataError):
+            return self.bad_value(str(self.driver_error(exc)))
+        if isinstance(exc, peewee.OperationalError):
+            # Locks, timeouts, resources: the request may well succeed later.
+            log.warning("database error answered 503: %s", _first_line(self.driver_error(exc)))
+            return unavailable("the database could not complete the request; retry shortly")
         return None
 
     # helpers for subclasses
@@ -214,8 +240,11 @@ class Backend:
         return unprocessable("a column that may not be null got no value")
 
     @staticmethod
-    def bad_value(message: str) -> ApiError:
+    def bad_value(message: str, column: str | None = None) -> ApiError:
         first = message.strip().splitlines()[0] if message.strip() else "invalid value"
+        if column:
+            return unprocessable(f"column {column!r}: the database rejected the value: {first}",
+                                 column=column)
         return unprocessable(f"the database rejected a value: {first}")
 
     @staticmethod

@@ -88,7 +88,7 @@ class Database:
                     log.warning("database connection lost (%s); retrying once",
                                 str(self.backend.driver_error(exc)).strip()[:200])
                     continue
-                mapped = self.backend.classify_error(exc)
+                mapped = self.backend.map_error(exc)
                 if mapped is not None:
                     raise mapped from None
                 if self.backend.is_disconnect(exc) or isinstance(exc, peewee.InterfaceError):

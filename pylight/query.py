@@ -183,6 +183,9 @@ def _condition(table: TableInfo, name: str, spec: str, param: str, explicit: boo
         raise bad_request(f"{param}: is takes null (or true/false on a boolean column)",
                           parameter=param)
     if op in ("like", "ilike"):
+        if "\x00" in text:
+            raise bad_request(f"{param}: a pattern may not contain NUL characters",
+                              parameter=param)
         if kind not in TEXT_KINDS and not column.like_as_text:
             raise bad_request(f"{param}: {op} works on text columns, {name!r} is {kind}",
                               parameter=param)
@@ -443,10 +446,13 @@ def to_sql(table: TableInfo, backend: Backend, node: Filter) -> Any:
         parts = [p for p in (to_sql(table, backend, m) for m in node.members) if p is not None]
         if not parts:
             expression = None
-        else:
+        elif len(parts) == 1:
             expression = parts[0]
-            for part in parts[1:]:
-                expression = (expression | part) if node.any_of else (expression & part)
+        else:
+            # One flat list, not peewee's nested (a OR b) OR c: a hundred nested
+            # parentheses overflow SQLite's parser stack.
+            glue = " OR " if node.any_of else " AND "
+            expression = peewee.NodeList(parts, glue=glue, parens=True)
         if expression is not None and node.negate:
             expression = ~expression
         return expression

@@ -15,7 +15,7 @@ from playhouse.pool import PooledMySQLDatabase
 
 from pylight import hookimpl
 from pylight.backend import Backend, change_log_inserts
-from pylight.errors import ApiError
+from pylight.errors import ApiError, unavailable
 from pylight.types import ColumnType, SortKey
 from pylight.values import coercer
 
@@ -26,8 +26,14 @@ SQL_MODE = (
     "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 )
 _DISCONNECT = {1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
-_BAD_VALUE = {1048, 1264, 1292, 1364, 1366, 1406, 3140, 3819, 4025}
+# 1265 data truncated (an unknown ENUM/SET member), 1690 out of range, 1467 the
+# auto-increment is exhausted, 3105/1906 a value for a generated column, 1411/1416/
+# 3037 bad date or geometry text.
+_BAD_VALUE = {1048, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1416, 1467, 1690, 1906, 3037,
+              3105, 3140, 3819, 4025}
+_RETRY = {1205, 1213}  # lock wait timeout, deadlock
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
+_FOR_COLUMN = re.compile(r"for column [`']([^`']+)[`']")
 _JSON_CHECK = re.compile(r"json_valid\(`([^`]+)`\)", re.IGNORECASE)
 _MEMBER = re.compile(r"'((?:[^']|'')*)'")
 _WIDTH = re.compile(r"\((\d+)\)")
@@ -246,9 +252,13 @@ class MysqlBackend(Backend):
             match = _COLUMN.search(message)
             return self.not_null(match.group(1) if match else None)
         if errno in _BAD_VALUE:
-            return self.bad_value(message)
+            match = _COLUMN.search(message) or _FOR_COLUMN.search(message)
+            return self.bad_value(message, match.group(1) if match else None)
         if self.is_disconnect(exc):
             return self.down()
+        if errno in _RETRY:
+            return unavailable(f"the database could not complete the request now ({message}); "
+                               "retry shortly")
         return None
 
 

@@ -15,7 +15,7 @@ from tornado.ioloop import IOLoop
 
 from pylight import hookimpl
 from pylight.backend import Backend, ChangeWatcher, group_foreign_keys, redact_url
-from pylight.errors import ApiError
+from pylight.errors import ApiError, unavailable
 from pylight.types import ColumnType, ForeignKey
 
 from . import pg_types
@@ -57,6 +57,13 @@ BEGIN
 END
 $$
 """
+
+
+# 428C9: a value for a GENERATED ALWAYS column; 42804: a value of the wrong type;
+# 54000: a value too large for an index row.
+_BAD_VALUE = {"428C9", "42804", "54000"}
+# Serialization failures, deadlocks, cancelled statements, resources, lock timeouts.
+_RETRY = ("40001", "40P01", "57014", "53", "55P03")
 
 
 class PylightPostgresDatabase(PooledPostgresqlDatabase):
@@ -125,10 +132,14 @@ class PostgresBackend(Backend):
             return self.foreign_key_conflict(detail)
         if code == "23502":
             return self.not_null(getattr(diag, "column_name", None))
-        if code == "23514" or code.startswith("22"):
-            return self.bad_value(getattr(diag, "message_primary", None) or str(err))
+        column = getattr(diag, "column_name", None)
+        if code == "23514" or code.startswith("22") or code in _BAD_VALUE:
+            return self.bad_value(getattr(diag, "message_primary", None) or str(err), column)
         if self.is_disconnect(exc):
             return self.down()
+        if code.startswith(_RETRY):
+            return unavailable("the database could not complete the request now "
+                               f"({getattr(diag, 'message_primary', None) or code}); retry shortly")
         return None
 
 

@@ -22,7 +22,7 @@ from pylight.backend import (
     declared_precision,
     group_foreign_keys,
 )
-from pylight.errors import ApiError, StartupError
+from pylight.errors import ApiError, StartupError, unprocessable
 from pylight.types import ColumnType, ForeignKey
 from pylight.values import coercer
 
@@ -221,6 +221,10 @@ class SqliteBackend(Backend):
             return self.bad_value(text)
         if self.is_disconnect(exc):
             return self.down()
+        if isinstance(err, sqlite3.OperationalError) and "database or disk is full" in text:
+            # Also what an AUTOINCREMENT table past the largest rowid answers.
+            return unprocessable("the database cannot store the row: its auto-increment "
+                                 "key is exhausted, or the disk is full")
         return None
 
 
