@@ -144,6 +144,11 @@ class Backend:
         return group_foreign_keys(cursor.fetchall())
 
     # -- query pieces ---------------------------------------------------------
+    def exact_text(self, node: Any) -> Any:
+        """``node`` (text) compared byte by byte; the default collations of SQLite and
+        PostgreSQL already tell 'a' from 'A'."""
+        return node
+
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         """``field LIKE pattern``; ``pattern`` uses SQL ``%``/``_`` escaped with a backslash."""
         op = "ILIKE" if case_insensitive else "LIKE"

@@ -50,7 +50,10 @@ _RESPONSE: dict[str, dict[str, Any]] = {
     "uuid": {"type": "string", "format": "uuid"},
     "json": {},
     "any": {},
+    "duration": {"type": "string", "description": "ISO 8601 duration"},
 }
+_DURATION = (r"^-?P(?!$)(-?[0-9]+Y)?(-?[0-9]+M)?(-?[0-9]+W)?(-?[0-9]+D)?"
+             r"(T(?=-?[0-9])(-?[0-9]+H)?(-?[0-9]+M)?(-?[0-9]+(\.[0-9]+)?S)?)?$")
 
 # Integer widths by declared type (SQLite's INTEGER is always 64-bit).
 _INT_BITS = (("bigint", 64), ("int8", 64), ("mediumint", 24), ("smallint", 16), ("int2", 16),
@@ -89,8 +92,17 @@ def _decimal_request(column: ColumnInfo) -> dict[str, Any]:
 
 def _request_schema(column: ColumnInfo, sqlite: bool, max_length: int | None) -> dict[str, Any]:
     kind = column.kind
+    if column.enum is not None and kind == "text":
+        return {"type": "string", "enum": list(column.enum)}
+    if kind == "array":
+        return {"type": "array", "items": _items(column.items)}
+    if kind == "duration":
+        return {"type": "string", "pattern": _DURATION, "description": "ISO 8601 duration"}
+    if kind == "boolean" and _stores_numbers(column):
+        return {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": -128,
+                                                "maximum": 127}]}
     if kind == "integer":
-        low, high = _int_range(column, sqlite)
+        low, high = column.bounds or _int_range(column, sqlite)
         return {"type": "integer", "format": "int64", "minimum": low, "maximum": high}
     if kind == "decimal":
         return _decimal_request(column)
@@ -113,6 +125,48 @@ def _request_schema(column: ColumnInfo, sqlite: bool, max_length: int | None) ->
         return {"anyOf": [{"type": "string", "pattern": _NO_NUL}, {"type": "number"},
                           {"type": "boolean"}]}
     return dict(_RESPONSE.get(kind, {}))
+
+
+def _response_schema(column: ColumnInfo) -> dict[str, Any]:
+    if column.enum is not None and column.kind == "text":
+        schema: dict[str, Any] = {"type": "string", "enum": list(column.enum)}
+    elif column.kind == "array":
+        schema = {"type": "array", "items": _items(column.items)}
+    elif column.kind == "boolean" and _stores_numbers(column):
+        schema = {"anyOf": [{"type": "boolean"}, {"type": "integer"}]}
+    elif column.kind == "integer" and column.bounds is not None:
+        low, high = column.bounds
+        schema = {"type": "integer", "minimum": low, "maximum": high}
+    else:
+        schema = dict(_RESPONSE.get(column.kind, {}))
+    schema = _loose(schema, column)
+    if column.read_only is not None:
+        schema["readOnly"] = True
+    return schema
+
+
+def _stores_numbers(column: ColumnInfo) -> bool:
+    """A boolean that is an integer column underneath (MySQL's TINYINT(1))."""
+    return "int" in column.raw_type.lower()
+
+
+def _items(ctype: Any) -> dict[str, Any]:
+    """The schema of an array's elements (any JSON value where the type is unknown)."""
+    if ctype is None:
+        return {}
+    if ctype.enum is not None:
+        return {"type": "string", "enum": list(ctype.enum), "nullable": True}
+    if ctype.kind == "array":
+        return {"type": "array", "items": _items(ctype.items), "nullable": True}
+    schema = dict(_RESPONSE.get(ctype.kind or "text", {}))
+    return {**schema, "nullable": True} if schema else schema
+
+
+def _loose(schema: dict[str, Any], column: ColumnInfo) -> dict[str, Any]:
+    """A column keeping values of any type (SQLite) may give text and numbers too."""
+    if not column.loose or not schema:
+        return schema
+    return {"anyOf": [schema, {"type": "string", "pattern": _NO_NUL}, {"type": "number"}]}
 
 
 def _nullable(schema: dict[str, Any], column: ColumnInfo) -> dict[str, Any]:
@@ -215,10 +269,11 @@ def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
     for name, table in tables.items():
         sqlite = isinstance(table.model._meta.database, peewee.SqliteDatabase)
         lengths = _text_lengths(table) if table.writable else {}
-        response_props = {c: _nullable(dict(_RESPONSE.get(col.kind, {})), col)
+        response_props = {c: _nullable(_response_schema(col), col)
                           for c, col in table.columns.items()}
+        # Read-only columns (generated, types Pylight cannot write) are not in requests.
         request_props = {c: _nullable(_request_schema(col, sqlite, lengths.get(c)), col)
-                         for c, col in table.columns.items()}
+                         for c, col in table.columns.items() if col.read_only is None}
         # A record as returned: every visible column, nothing else.
         schemas[name] = {"type": "object", "properties": response_props,
                          "required": list(table.columns), "additionalProperties": False}

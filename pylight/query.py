@@ -55,6 +55,7 @@ class OrderBy:
     column: str
     descending: bool = False
     nulls: str | None = None  # "first", "last" or None for the database default
+    exact: bool = False  # a tie-breaker: text compared byte by byte, whatever the collation
 
 
 @dataclass
@@ -387,9 +388,14 @@ def _order_item(table: TableInfo, item: str) -> OrderBy:
 def full_order(table: TableInfo, order: list[OrderBy]) -> list[OrderBy]:
     """``order`` completed with tie-breakers so that no two distinct rows compare equal."""
     named = {item.column for item in order}
-    tie_breakers = table.primary_key or [
-        name for name, column in table.columns.items() if column.orderable]
-    return list(order) + [OrderBy(name) for name in tie_breakers if name not in named]
+    if table.primary_key:
+        return list(order) + [OrderBy(name) for name in table.primary_key if name not in named]
+    # Without a key every orderable column breaks ties, text byte by byte: under a
+    # case-insensitive collation 'a' and 'A' would still tie.
+    orderable = [name for name, column in table.columns.items() if column.orderable]
+    return (list(order) + [OrderBy(name) for name in orderable if name not in named]
+            + [OrderBy(name, exact=True) for name in orderable
+               if table.columns[name].kind == "text"])
 
 
 def keyset_order(table: TableInfo, query: ListQuery) -> list[OrderBy] | None:
@@ -538,19 +544,26 @@ def keyset_condition(table: TableInfo, order: list[OrderBy], after: list[Any]) -
 
 
 def sort_expression(column: ColumnInfo) -> Any:
-    """What the database orders ``column`` by (the column itself, unless its type
-    orders by something else, such as a MySQL ENUM by its member index)."""
-    return column.field if column.sort_key is None else column.sort_key.expression(column.field)
+    """What ``column`` is ordered by: the expression its filters compare (the column
+    itself for most types), unless its type orders by something else (a MySQL ENUM
+    by its member index). Cursors compare through the same expression."""
+    if column.sort_key is not None:
+        return column.sort_key.expression(column.field)
+    return column.field if column.compare is None else column.compare(column.field)
 
 
 def _sort_value(column: ColumnInfo, value: Any) -> Any:
-    if value is None or isinstance(value, peewee.Node):
-        return value
+    """The cursor's side of a keyset comparison (``value`` may be a statement slot)."""
+    if value is None:
+        return None
     if column.sort_key is not None:
-        return column.sort_key.value(value)
-    if isinstance(value, list):  # an array value, bound whole
-        return peewee.Value(column.field.db_value(value), converter=False)
-    return value
+        return value if isinstance(value, peewee.Node) else column.sort_key.value(value)
+    if column.compare is None and not isinstance(value, list):
+        return value
+    node = value if isinstance(value, peewee.Node) else peewee.Value(
+        column.field.db_value(value), converter=False)  # an array value is bound whole
+    # As the column's type compares it (a MySQL FLOAT with a FLOAT, not a double).
+    return node if column.compare is None else column.compare(node)
 
 
 def bound_sort_value(column: ColumnInfo, value: Any) -> Any:
@@ -564,6 +577,8 @@ def order_sql(table: TableInfo, order: list[OrderBy]) -> list[Any]:
     result = []
     for item in order:
         fld = sort_expression(table.columns[item.column])
+        if item.exact:
+            fld = table.exact_text(fld)
         result.append(fld.desc(nulls=item.nulls) if item.descending else fld.asc(nulls=item.nulls))
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +18,15 @@ WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 class TableHandler(BaseHandler):
     identity: Identity | None = None
+
+    async def run_write(self, table: TableInfo, fn: Any, *args: Any,
+                    rows: list[dict[str, Any]] = ()) -> Any:
+        """Run a write; a value the database refused is blamed on its column."""
+        try:
+            return await self.app.db.write(table.name, fn, table, self.app.backend, *args,
+                                           publish=self.app.publish_writes)
+        except ApiError as error:
+            raise _blame_column(error, table, rows) from None
 
     async def prepare(self) -> None:
         super().prepare()
@@ -127,9 +137,8 @@ class CollectionHandler(TableHandler):
         if self.app.auth.authorizes:
             for item in body if many else [body]:
                 await self.app.auth.authorize(self.identity, "create", table.name, item)
-        records = await self.app.db.write(table.name, store.insert_rows, table,
-                                          self.app.backend, rows, self.row_check(table),
-                                          publish=self.app.publish_writes)
+        records = await self.run_write(table, store.insert_rows, rows, self.row_check(table),
+                                   rows=rows)
         if many:
             self.write_json({"items": records}, 201)
             return
@@ -200,9 +209,8 @@ class ItemHandler(TableHandler):
         row = self.coerce_row(table, self.json_body(), True)
         if self.app.auth.enabled:
             await self.authorize_change(table, "update", key)
-        record = await self.app.db.write(table.name, store.update_row, table, self.app.backend,
-                                         key, row, self.row_check(table),
-                                         publish=self.app.publish_writes)
+        record = await self.run_write(table, store.update_row, key, row, self.row_check(table),
+                                  rows=[row])
         self.write_json(record)
 
     patch = put
@@ -216,8 +224,7 @@ class ItemHandler(TableHandler):
         if self.app.auth.enabled:
             await self.app.auth.authorize(self.identity, "delete", table.name)
             await self.authorize_change(table, "delete", key)
-        await self.app.db.write(table.name, store.delete_row, table, self.app.backend, key,
-                                self.row_check(table), publish=self.app.publish_writes)
+        await self.run_write(table, store.delete_row, key, self.row_check(table))
         self.set_status(204)
         self._cors()
         self.clear_header("Content-Type")
@@ -253,6 +260,26 @@ class OpenApiHandler(SchemaHandler):
             self.write_json(self.app.openapi())
             return
         self.write_json(self.app.openapi(await self.readable()))
+
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"\s*$')
+
+
+def _blame_column(error: ApiError, table: TableInfo, rows: list[dict[str, Any]]) -> ApiError:
+    """A database's 422 that names no column (PostgreSQL's "invalid input syntax for
+    type inet: "x"") names the column whose value it quotes, when exactly one does."""
+    if error.status != 422 or "column" in error.details:
+        return error
+    match = _QUOTED.search(error.message)
+    if match is None:
+        return error
+    quoted = match.group(1)
+    names = {name for row in rows for name, value in row.items()
+             if value is not None and str(value) == quoted and name in table.columns}
+    if len(names) != 1:
+        return error
+    name = names.pop()
+    return unprocessable(f"column {name!r}: {error.message}", column=name)
 
 
 def routes(prefix: str, app: Any) -> list[tuple[str, type, dict[str, Any]]]:

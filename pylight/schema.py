@@ -43,6 +43,7 @@ class ColumnInfo:
     like_as_text: bool = False
     bounds: tuple[int, int] | None = None
     read: Callable[[Any], Any] | None = field(repr=False, default=None)
+    loose: bool = False  # values of any type are kept (see types.ColumnType)
 
     @property
     def selected(self) -> Any:
@@ -86,6 +87,8 @@ class TableInfo:
     foreign_keys: list[ForeignKey] = field(default_factory=list)
     #: NULL sorts after every value in ascending order (PostgreSQL), else before.
     nulls_sort_high: bool = False
+    #: Text compared byte by byte (the backend's, for tie-breaking under a collation).
+    exact_text: Callable[[Any], Any] = field(repr=False, default=lambda node: node)
     # Statements compiled once per table (see store.py), keyed by purpose.
     statements: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -117,13 +120,16 @@ class TableInfo:
 
 def _field_class(column: Any, metadata: Any, backend: Backend) -> type[peewee.Field]:
     cls = column.field_class
-    if cls is peewee.ForeignKeyField:
-        # The value type of a reference is the type of the column it points to.
+    hops = 0
+    while cls is peewee.ForeignKeyField and hops < 10:
+        # The value type of a reference is the type of the column it points to,
+        # which may itself be a reference (a key made of references).
         fk = column.foreign_key
-        dest = metadata.columns.get(fk.dest_table, {}).get(fk.dest_column)
-        cls = dest.field_class if dest is not None else peewee.BareField
-        if cls is peewee.ForeignKeyField:
-            cls = peewee.BareField
+        column = metadata.columns.get(fk.dest_table, {}).get(fk.dest_column)
+        cls = column.field_class if column is not None else peewee.BareField
+        hops += 1
+    if cls is peewee.ForeignKeyField:
+        cls = peewee.BareField
     if cls is UnknownField or cls is peewee.BareField:
         cls = backend.field_for_unknown(column.raw_column_type) or peewee.BareField
     if cls is peewee.AutoField:
@@ -174,11 +180,12 @@ def _column_info(name: str, column: Any, fld: peewee.Field, ctype: ColumnType,
         encode=ctype.encode or values.encoder(kind, scale, items=ctype.items),
         bounds=ctype.bounds,
         read=ctype.read,
+        loose=ctype.loose,
         api_type=ctype.api_type or API_TYPES.get(kind, "any"),
         read_only=ctype.read_only,
         enum=ctype.enum,
         items=ctype.items,
-        orderable=ctype.orderable and kind != "json",
+        orderable=ctype.orderable,
         sort_key=ctype.sort_key,
         compare=ctype.compare,
         like_as_text=ctype.like_as_text,
@@ -269,5 +276,6 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
             foreign_keys=[fk for fk in backend.foreign_keys(db, name)
                           if set(fk.columns) <= set(columns)],
             nulls_sort_high=backend.nulls_sort_high,
+            exact_text=backend.exact_text,
         )
     return tables

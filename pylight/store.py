@@ -179,9 +179,14 @@ def row_decoder(table: TableInfo, names: tuple[str, ...]) -> Callable[[tuple[Any
             record = {}
             for (name, convert, encode), value in zip(steps, row):  # noqa: B905
                 if value is not None:
-                    value = convert(value)
-                    if encode is not None and value is not None:
-                        value = encode(value)
+                    try:
+                        value = convert(value)
+                        if encode is not None and value is not None:
+                            value = encode(value)
+                    except (ValueError, TypeError, ArithmeticError):
+                        # A value of another type than the column declares (SQLite keeps
+                        # '' in a REAL column): served as it is stored, never a 500.
+                        pass
                 record[name] = value
             return record
         table.statements[key] = decoder

@@ -10,6 +10,7 @@ derived from the reflected peewee field.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,10 @@ class ColumnType:
     #: Replace values.py's JSON -> Python value and database value -> JSON functions.
     coerce: Callable[[Any], Any] | None = None
     encode: Callable[[Any], Any] | None = None
+    #: The column may hold values of any type whatever it declares (a SQLite table
+    #: that is not STRICT): they are served and filtered as stored, while writes
+    #: must still fit the declared type.
+    loose: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,23 @@ class ForeignKey:
     def describe(self) -> dict[str, Any]:
         return {"columns": list(self.columns),
                 "references": {"table": self.table, "columns": list(self.references)}}
+
+
+class JSONTextField(peewee.Field):
+    """A JSON document kept as text (MariaDB's JSON, a SQLite column declared JSON).
+    Text that is not JSON reads as the string it is."""
+
+    field_type = "JSON"
+
+    def db_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, peewee.Node):
+            return value
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+    def python_value(self, value: Any) -> Any:
+        if isinstance(value, (str, bytes)):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value.decode(errors="replace") if isinstance(value, bytes) else value
+        return value

@@ -231,8 +231,8 @@ def _uuid(value: Any) -> str:
 
 
 _DURATION = re.compile(
-    r"-?P(?=-?[0-9.])(-?[0-9]+Y)?(-?[0-9]+M)?(-?[0-9]+W)?(-?[0-9]+D)?"
-    r"(T(?=-?[0-9.])(-?[0-9]+H)?(-?[0-9]+M)?(-?[0-9]+(\.[0-9]+)?S)?)?")
+    r"-?P(?!$)(-?[0-9]+Y)?(-?[0-9]+M)?(-?[0-9]+W)?(-?[0-9]+D)?"
+    r"(T(?=-?[0-9])(-?[0-9]+H)?(-?[0-9]+M)?(-?[0-9]+(\.[0-9]+)?S)?)?")
 
 
 def _duration(value: Any) -> str:
@@ -438,6 +438,8 @@ def from_text(kind: str, text: str) -> Any:
             return True
         if lowered in ("false", "f", "0"):
             return False
+        if _INTEGER.fullmatch(text) and len(text) <= 18:
+            return int(text)  # a number in a boolean column (MySQL's TINYINT(1)): the coercer decides
         raise BadValue(f"expected true or false, got {text[:40]!r}")
     if kind == "json":
         try:
@@ -525,6 +527,12 @@ def _encode_array(element: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     return encode
 
 
+def _encode_boolean(value: Any) -> Any:
+    # A boolean column may hold other numbers (MySQL's TINYINT(1), SQLite): those are
+    # served as the numbers they are, not squashed into true.
+    return bool(value) if value in (0, 1) else value
+
+
 def _encode_duration(value: Any) -> Any:
     return iso_duration(value) if isinstance(value, datetime.timedelta) else value
 
@@ -545,6 +553,6 @@ def encoder(kind: str, scale: int | None = None, items: Any = None) -> Callable[
         "uuid": str,
         "json": _encode_json,
         "any": _encode_any,
-        "boolean": bool,
+        "boolean": _encode_boolean,
         "duration": _encode_duration,
     }.get(kind)

@@ -195,14 +195,21 @@ async def test_offsets_in_naive_time_columns_become_utc(typed):
     stamps = ["2024-01-02T03:04:05Z", "2024-01-02T05:04:05+02:00", "2024-01-01T22:04:05-05:00",
               "2024-01-02T03:04:05"]
     created = [await create(typed, stamp=stamp) for stamp in stamps]
-    assert [row["stamp"] for row in created] == ["2024-01-02T03:04:05"] * 4
     row = await create(typed, at_time="13:45:30+01:00")
-    assert row["at_time"] == "12:45:30"
+    if typed.backend == "sqlite":
+        # SQLite keeps date and time text as written (API.md section 5: a value reads
+        # back as stored); filters still compare the instants.
+        assert [row["stamp"] for row in created] == stamps
+        assert row["at_time"] == "13:45:30+01:00"
+    else:
+        assert [row["stamp"] for row in created] == ["2024-01-02T03:04:05"] * 4
+        assert row["at_time"] == "12:45:30"
+        assert_422(await typed.post("/api/typed", {"stamp": "0001-01-01T00:00:00+01:00"}),
+                   "stamp")
     expected = [row["id"] for row in created]
     assert await ids(typed, "stamp=eq.2024-01-02T04:04:05%2B01:00") == expected
     assert await ids(typed, "stamp=gt.2024-01-02T03:00:00Z") == expected
     assert await ids(typed, "stamp=lt.2024-01-02T03:04:05Z") == []
-    assert_422(await typed.post("/api/typed", {"stamp": "0001-01-01T00:00:00+01:00"}), "stamp")
     if typed.backend == "postgresql":
         zoned = await create(typed, stamp_tz="2024-01-02T05:04:05+02:00")
         assert zoned["stamp_tz"] == "2024-01-02T03:04:05+00:00"
@@ -229,7 +236,7 @@ async def test_filters_on_typed_columns(typed):
 @pytest.mark.gen_test
 async def test_wrong_types_are_422(typed):
     cases = [
-        ("ratio", "fast"), ("ratio", True), ("flag", "true"), ("flag", 1), ("flag", "yes"),
+        ("ratio", "fast"), ("ratio", True), ("flag", "true"), ("flag", "yes"),
         ("day", "2024-13-01"), ("day", "tomorrow"), ("day", 20240101), ("at_time", "24:61:00"),
         ("at_time", "noon"),
         ("stamp", "not a time"), ("stamp", 1700000000), ("data", "not base64!"), ("data", 5),
@@ -237,8 +244,11 @@ async def test_wrong_types_are_422(typed):
         ("big", 1.5), ("big", True), ("label", None),
     ]
     if typed.backend != "mysql":
-        # A MySQL TIME also holds durations (-838:59:59 to 838:59:59), so there it is valid.
-        cases.append(("at_time", "25:00:00"))
+        # A MySQL TIME also holds durations (-838:59:59 to 838:59:59), and a BOOLEAN is a
+        # TINYINT(1) that holds small numbers, so there these are valid.
+        cases += [("at_time", "25:00:00"), ("flag", 1)]
+    else:
+        cases.append(("flag", 300))
     for column, value in cases:
         assert_422(await typed.post("/api/typed", {column: value}), column)
     assert (await typed.get("/api/typed")).body["items"] == []
@@ -270,11 +280,17 @@ async def test_json_columns(typed):
     updated = await typed.patch(f"/api/typed/{created['id']}", {"doc": {"replaced": 1}})
     assert updated.body["doc"] == {"replaced": 1}
     assert typed.changes[-1].record["doc"] == {"replaced": 1}
-    # Documents compare by value; they have no order.
+    # Documents compare by value (jsonb semantics on PostgreSQL, minified text on MariaDB).
     found = await typed.get("/api/typed?doc=" + quote('eq.{"replaced": 1}'))
     assert [item["id"] for item in found.body["items"]] == [created["id"]], found.body
-    assert (await typed.get("/api/typed?doc=gt.1")).status == 400
-    assert (await typed.get("/api/typed?order=doc")).status == 400
+    assert (await typed.get("/api/typed?order=doc")).status == 200
+    if typed.backend == "postgresql":
+        # json (unlike jsonb) has no ordering in PostgreSQL
+        assert (await typed.get("/api/typed?doc2=gt.1")).status == 400
+        assert (await typed.get("/api/typed?order=doc2")).status == 400
+        again = await create(typed, doc2={"y": [2, {"z": None}]})
+        found = await typed.get("/api/typed?doc2=" + quote('eq.{"y": [2, {"z": null}]}'))
+        assert [item["id"] for item in found.body["items"]] == [again["id"]], found.body
 
 
 @pytest.mark.gen_test

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
+import math
 import re
+import struct
 from dataclasses import replace
 from typing import Any
 
@@ -16,8 +17,8 @@ from playhouse.pool import PooledMySQLDatabase
 from pylight import hookimpl
 from pylight.backend import Backend, change_log_inserts
 from pylight.errors import ApiError, unavailable
-from pylight.types import ColumnType, SortKey
-from pylight.values import coercer
+from pylight.types import ColumnType, JSONTextField, SortKey
+from pylight.values import BadValue, coercer
 
 # Strict mode: without it MySQL stores '' or 0 for bad or missing values
 # instead of refusing them.
@@ -41,26 +42,6 @@ _TIME = re.compile(r"-?[0-9]{1,3}:[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?")
 _INT_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "bigint": 64}
 _SPATIAL = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
             "multipolygon", "geometrycollection"}
-
-
-class MariaJSONField(peewee.Field):
-    """A MariaDB JSON column: text holding a JSON document. (peewee's MySQL
-    JSONField wraps values in CAST(... AS JSON), which MariaDB rejects.)"""
-
-    field_type = "JSON"
-
-    def db_value(self, value):
-        if value is None or isinstance(value, peewee.Node):
-            return value
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-
-    def python_value(self, value):
-        if isinstance(value, (str, bytes)):
-            try:
-                return json.loads(value)
-            except ValueError:
-                return value
-        return value
 
 
 class BitField(peewee.Field):
@@ -155,20 +136,67 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
     if data_type == "time":
         return ColumnType(field=peewee.Field, kind="time", coerce=_time_value, encode=_time_text)
     if data_type in _SPATIAL:
+        # Read and written as WKT; ordered and compared as WKT too, so a cursor
+        # holds exactly what a GET shows.
         return ColumnType(field=peewee.TextField, kind="text", api_type="string",
                           read=peewee.fn.ST_AsText, to_db=peewee.fn.ST_GeomFromText,
-                          compare=_wkt, orderable=False)
-    return ColumnType(bounds=_int_bounds(data_type, column_type))
+                          compare=peewee.fn.ST_AsText,
+                          sort_key=SortKey(peewee.fn.ST_AsText, _same))
+    if data_type == "tinyint" and column_type.startswith("tinyint(1)"):
+        # BOOLEAN is TINYINT(1), which holds any small integer: 0 and 1 are served
+        # as false and true, other values as the numbers they are.
+        return ColumnType(field=peewee.IntegerField, kind="boolean", coerce=_small_bool)
+    if data_type == "float":
+        # Single precision. The server prints a FLOAT with 6 digits (16777216 reads
+        # as 16777200): read it as a double and serve the shortest decimal that is
+        # the same FLOAT; filters and cursors compare with the value cast to FLOAT.
+        return ColumnType(kind="float", read=_as_double, encode=_shortest_float32,
+                          compare=_as_float)
+    if data_type == "uuid":
+        return ColumnType(field=peewee.TextField, kind="uuid", like_as_text=True)
+    if data_type in ("inet4", "inet6"):
+        return ColumnType(field=peewee.TextField, kind="text")
+    bounds = _int_bounds(data_type, column_type)
+    if bounds is not None:
+        return ColumnType(field=peewee.BigIntegerField, kind="integer", bounds=bounds)
+    return ColumnType()
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _as_float(node: Any) -> Any:
+    return peewee.Cast(node, "FLOAT")
+
+
+def _as_double(node: Any) -> Any:
+    return peewee.Cast(node, "DOUBLE")
+
+
+def _shortest_float32(value: Any) -> Any:
+    number = float(value)
+    if not math.isfinite(number):
+        return None
+    single = struct.pack("<f", number)
+    for digits in range(6, 10):
+        shorter = float(f"{number:.{digits}g}")
+        if struct.pack("<f", shorter) == single:
+            return shorter
+    return number
+
+
+def _small_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and -128 <= value <= 127:
+        return value
+    raise BadValue(f"expected true or false (or a TINYINT number), got {str(value)[:40]!r}")
+
 
 
 def _plus_zero(node: Any) -> Any:
     return peewee.NodeList((node, peewee.SQL("+ 0")), parens=True)
-
-
-def _wkt(node: Any) -> Any:
-    # Both sides of a filter as WKT: the column's geometry and the value given as WKT.
-    return peewee.fn.ST_AsText(node if isinstance(node, peewee.Field)
-                               else peewee.fn.ST_GeomFromText(node))
 
 
 def _json_columns(db: peewee.Database, table: str) -> list[str]:
@@ -217,9 +245,12 @@ class MysqlBackend(Backend):
             if ctype != ColumnType():
                 types[name] = ctype
         for name in _json_columns(db, table):
-            types[name] = replace(types.get(name, ColumnType()), field=MariaJSONField,
+            types[name] = replace(types.get(name, ColumnType()), field=JSONTextField,
                                   compare=peewee.fn.JSON_COMPACT)
         return types
+
+    def exact_text(self, node: Any) -> Any:
+        return peewee.NodeList((peewee.SQL("BINARY"), node))
 
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         # Compare bytes so the result does not depend on the column's collation

@@ -42,7 +42,6 @@ _DRIVER_ARRAYS = {"int2", "int4", "int8", "float4", "float8", "numeric", "bool",
 _registered_arrays: set[int] = set()
 
 _INTEGERS = {"int2": 16, "int4": 32, "int8": 64}
-_FLOATS = {"float4", "float8"}
 _TEXTS = {"text", "varchar", "bpchar", "name", "char", "citext"}
 # No btree operator class: ORDER BY and < > fail on these.
 _UNORDERED = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle", "xid",
@@ -125,14 +124,18 @@ def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> 
                           bounds=(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1))
     if type_name == "oid":
         return ColumnType(field=peewee.BigIntegerField, kind="integer", bounds=(0, 2**32 - 1))
-    if type_name in _FLOATS:
-        return ColumnType(field=_PEEWEE[type_name], kind="float")
+    if type_name == "float4":
+        # Single precision: 0.1 in a real is not the double 0.1, so a filter or a
+        # cursor compares with the value cast to real.
+        return ColumnType(field=peewee.FloatField, kind="float", compare=_as_real)
+    if type_name == "float8":
+        return ColumnType(field=peewee.DoubleField, kind="float")
     if type_name in _TEXTS:
         return ColumnType(kind="text")
     if type_name in _PEEWEE:
         return ColumnType(field=_PEEWEE[type_name], kind=_KINDS[type_name],
                           like_as_text=type_name == "uuid")
-    if type_name == "json":
+    if type_name == "json":  # no ordering; compared as jsonb (by value)
         return ColumnType(kind="json", compare=_as_jsonb, orderable=False)
     if type_name == "jsonb":
         return ColumnType(kind="json", compare=_as_jsonb)
@@ -143,6 +146,10 @@ def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> 
     return ColumnType(field=peewee.TextField, kind="text", api_type="string",
                       orderable=type_name not in _UNORDERED, like_as_text=True,
                       compare=_as_text if type_name in _COMPARE_AS_TEXT else None)
+
+
+def _as_real(node: Any) -> Any:
+    return peewee.Cast(node, "real")
 
 
 def _as_text(node: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import sqlite3
 import uuid
@@ -12,7 +11,7 @@ from typing import Any
 
 import peewee
 from playhouse.pool import PooledSqliteDatabase
-from playhouse.reflection import Column
+from playhouse.reflection import Column, SqliteMetadata, UnknownField
 
 from pylight import hookimpl
 from pylight.backend import (
@@ -23,7 +22,7 @@ from pylight.backend import (
     group_foreign_keys,
 )
 from pylight.errors import ApiError, StartupError, unprocessable
-from pylight.types import ColumnType, ForeignKey
+from pylight.types import ColumnType, ForeignKey, JSONTextField, SortKey
 from pylight.values import coercer
 
 # Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
@@ -56,6 +55,12 @@ def _declared_type(declared: str) -> ColumnType:
     base = declared.lower().split("(", 1)[0].strip()
     if not base or base == "any":
         return ColumnType(kind="any")
+    if base in ("boolean", "bool"):
+        # 0 and 1 are false and true; anything else stored there (the text 'yes')
+        # is served as it is, not squashed into true.
+        return ColumnType(field=peewee.IntegerField, kind="boolean")
+    if base in ("json", "jsonb"):
+        return ColumnType(field=JSONTextField, kind="json", compare=_json_text)
     kind = _TEMPORAL.get(base)
     if kind is None:
         return ColumnType()
@@ -65,7 +70,10 @@ def _declared_type(declared: str) -> ColumnType:
     pattern = _NORMALIZE[kind]
     return ColumnType(field=peewee.TextField, kind=kind, coerce=_temporal_text(kind),
                       encode=_as_stored,
-                      compare=lambda node: peewee.fn.strftime(pattern, node))
+                      compare=lambda node: peewee.fn.COALESCE(peewee.fn.strftime(pattern, node),
+                                                              node),
+                      # ordered as stored, as the database orders the column
+                      sort_key=SortKey(_as_stored, _as_stored))
 
 
 def _as_stored(value: Any) -> Any:
@@ -73,21 +81,25 @@ def _as_stored(value: Any) -> Any:
 
 
 def _temporal_text(kind: str) -> Any:
-    parse = coercer(kind)  # validates; an offset becomes naive UTC
+    check = coercer(kind, zoned=True)  # an ISO 8601 date, time or date-time
 
     def coerce(value: Any) -> Any:
-        parsed = parse(value)
-        if isinstance(value, str) and parsed == _plain(kind, value):
-            return value  # stored as given: it is what a later GET shows
-        return parsed.isoformat()
+        check(value)
+        return value  # stored as given, offset and all: it is what a later GET shows
     return coerce
 
 
-def _plain(kind: str, text: str) -> Any:
-    """``text`` parsed without offset conversion (None when it carries an offset)."""
-    parsed = {"date": datetime.date, "datetime": datetime.datetime,
-              "time": datetime.time}[kind].fromisoformat(text)
-    return None if kind != "date" and parsed.utcoffset() is not None else parsed
+def _json_text(node: Any) -> Any:
+    # Compared minified; text that is not JSON (json() would fail on it) as it is.
+    return peewee.Case(None, [(peewee.fn.json_valid(node), peewee.fn.json(node))], node)
+
+
+def _is_strict(db: peewee.Database, table: str) -> bool:
+    if sqlite3.sqlite_version_info < (3, 37, 0):
+        return False  # STRICT tables came with 3.37
+    row = db.execute_sql("SELECT strict FROM pragma_table_list WHERE name = ?",
+                         (table,)).fetchone()
+    return bool(row and row[0])
 
 
 class SqliteBackend(Backend):
@@ -160,15 +172,23 @@ class SqliteBackend(Backend):
             if name in reflected:
                 columns[name] = reflected[name]
             elif hidden in (2, 3):  # VIRTUAL, STORED
-                columns[name] = Column(name, self.field_for_unknown(declared) or peewee.BareField,
-                                       declared, not notnull, column_name=name, default=default)
+                field_class = self.field_for_unknown(declared) or peewee.BareField
+                columns[name] = Column(name, field_class, declared, not notnull,
+                                       column_name=name, default=default)
         return columns
 
     def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
+        # A table that is not STRICT keeps any value in any column: what it holds is
+        # served, and written back, as it is.
+        loose = not _is_strict(db, table)
         types = {}
         for _, name, declared, _, _, _, hidden in db.execute_sql(
                 f"PRAGMA table_xinfo({_ident(table)})").fetchall():
             ctype = _declared_type(declared or "")
+            if loose and ctype.kind not in ("any", "json"):
+                # Bound as given: a cursor may carry a value of another type ('N/A' in
+                # an INT column), which the declared type's conversion would refuse.
+                ctype = replace(ctype, loose=True, to_db=ctype.to_db or _as_stored)
             if hidden in (2, 3):
                 ctype = replace(ctype, read_only="a generated column")
             if ctype != ColumnType():
@@ -187,7 +207,10 @@ class SqliteBackend(Backend):
 
     def field_for_unknown(self, raw_type: str) -> type[peewee.Field] | None:
         base = (raw_type or "").lower().split("(", 1)[0].strip()
-        return _TYPES.get(base)
+        if base in _TYPES:
+            return _TYPES[base]
+        field_class = SqliteMetadata(None)._map_col(raw_type or "")
+        return None if field_class is UnknownField else field_class
 
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         if case_insensitive:
