@@ -268,13 +268,29 @@ def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
                     # was the request echoed back with id 0).
                     record = get_row(table, [last_id])
             if record is None:
-                # No key to read the row back by: answer with what was stored.
-                record = table.encode_row(list(data), tuple(data.values()))
+                record = _find_inserted(table, backend, data)
         records.append(record)
     for record in records:
         _check(table, check, record)
     changes = [Change(table.name, "created", table.key_of(r), r) for r in records]
     return records, changes
+
+
+def _find_inserted(table: TableInfo, backend: Backend, data: dict[str, Any]) -> dict[str, Any]:
+    """A row just inserted into a table without a key, read back by the values given
+    (so its defaulted columns are filled in); the values given if it cannot be found."""
+    conditions = ql.Group(tuple(
+        ql.Condition(name, "is", None) if value is None else ql.Condition(name, "eq", value)
+        for name, value in data.items() if table.columns[name].kind not in ("json", "binary")))
+    where = ql.to_sql(table, backend, conditions)
+    names = list(table.columns)
+    select = table.model.select(*[table.columns[n].selected for n in names])
+    if where is not None:
+        select = select.where(where)
+    row = table.model._meta.database.execute_sql(*select.limit(1).sql()).fetchone()
+    if row is None:
+        return table.encode_row(list(data), tuple(data.values()))
+    return row_decoder(table, tuple(names))(row)
 
 
 def _locked_row(table: TableInfo, backend: Backend, key: list[Any],

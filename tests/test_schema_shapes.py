@@ -304,3 +304,24 @@ async def test_api_exclude(excluding):
     assert_error(await excluding.delete("/api/users/1"), 404)
     # orders still refer to users by id; the value is there, the table is not
     assert (await excluding.get("/api/orders/1")).body["user_id"] == 1
+
+
+@pytest.fixture
+def tallies(database, make_server):
+    database.ddl("CREATE TABLE tallies (label VARCHAR(20) NOT NULL, "
+                 "hits INTEGER NOT NULL DEFAULT 7, note VARCHAR(20))")
+    return make_server()
+
+
+@pytest.mark.gen_test
+async def test_insert_into_a_table_without_a_key_answers_with_defaults(tallies):
+    """MariaDB has no RETURNING: the row is read back by the values given, so the answer
+    and the change event carry the defaulted columns too."""
+    server = tallies
+    created = await server.post("/api/tallies", {"label": "a", "note": None})
+    assert created.status == 201, created.body
+    assert created.body == {"label": "a", "hits": 7, "note": None}
+    assert server.changes[-1].record == {"label": "a", "hits": 7, "note": None}
+    many = await server.post("/api/tallies", [{"label": "b"}, {"label": "c", "hits": 1}])
+    assert many.body["items"] == [{"label": "b", "hits": 7, "note": None},
+                                  {"label": "c", "hits": 1, "note": None}]
