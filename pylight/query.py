@@ -649,9 +649,7 @@ class Matcher:
             value = column.coerce(raw)
         except values.BadValue:
             return raw
-        if self.fold_text and column.kind == "text" and isinstance(value, str):
-            return _ci_key(value)
-        return value
+        return self._fold(name, value)
 
     def _condition(self, node: Condition, record: dict[str, Any]) -> bool | None:
         if node.column not in record:
@@ -698,7 +696,11 @@ class Matcher:
             return None
 
     def _fold(self, name: str, value: Any) -> Any:
-        if self.fold_text and self.table.columns[name].kind == "text" and isinstance(value, str):
+        """``value`` as the database compares it for this column."""
+        column = self.table.columns[name]
+        if column.compare_key is not None:
+            return column.compare_key(value)
+        if self.fold_text and column.kind == "text" and isinstance(value, str):
             return _ci_key(value)
         return value
 

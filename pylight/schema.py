@@ -44,6 +44,7 @@ class ColumnInfo:
     bounds: tuple[int, int] | None = None
     read: Callable[[Any], Any] | None = field(repr=False, default=None)
     loose: bool = False  # values of any type are kept (see types.ColumnType)
+    compare_key: Callable[[Any], Any] | None = field(repr=False, default=None)
 
     @property
     def selected(self) -> Any:
@@ -181,6 +182,7 @@ def _column_info(name: str, column: Any, fld: peewee.Field, ctype: ColumnType,
         bounds=ctype.bounds,
         read=ctype.read,
         loose=ctype.loose,
+        compare_key=ctype.compare_key,
         api_type=ctype.api_type or API_TYPES.get(kind, "any"),
         read_only=ctype.read_only,
         enum=ctype.enum,

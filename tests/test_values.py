@@ -309,3 +309,23 @@ async def test_uuid_columns(typed):
     assert_422(await typed.post("/api/typed", {"uid": "nope"}), "uid")
     assert_422(await typed.post("/api/typed", {"uid": 5}), "uid")
     assert (await typed.get("/api/typed?uid=nope")).status == 400
+
+
+@pytest.mark.gen_test
+async def test_feed_filters_compare_moments_as_the_database_does(typed):
+    """A WebSocket filter, evaluated in Python, finds the rows its SQL finds: on SQLite,
+    date-time text in any ISO 8601 spelling compares as the instant it names."""
+    from pylight import query as ql
+
+    for stamp in ("2024-01-02T03:04:05Z", "2024-01-02T05:04:05+02:00", "2024-01-02 03:04:05",
+                  "2024-01-02T03:04:06", "2024-01-02"):
+        await create(typed, stamp=stamp)
+    table = typed.app.tables["typed"]
+    rows = (await typed.get("/api/typed?limit=100")).body["items"]
+    for query in ("stamp=eq.2024-01-02T04:04:05%2B01:00", "stamp=gt.2024-01-02T03:04:05",
+                  "stamp=lte.2024-01-02T00:00:00", "stamp=eq.2024-01-02"):
+        found = await ids(typed, query)
+        name, _, text = query.partition("=")
+        where = ql.parse_filters(table, {name: [text.replace("%2B", "+")]})
+        matcher = ql.Matcher(table, where, typed.app.backend)
+        assert [row["id"] for row in rows if matcher(row)] == found, query

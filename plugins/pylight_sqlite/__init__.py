@@ -23,7 +23,7 @@ from pylight.backend import (
 )
 from pylight.errors import ApiError, StartupError, unprocessable
 from pylight.types import ColumnType, ForeignKey, JSONTextField, SortKey
-from pylight.values import coercer
+from pylight.values import BadValue, coercer
 
 # Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
 # column turns back into a number.
@@ -73,7 +73,8 @@ def _declared_type(declared: str) -> ColumnType:
                       compare=lambda node: peewee.fn.COALESCE(peewee.fn.strftime(pattern, node),
                                                               node),
                       # ordered as stored, as the database orders the column
-                      sort_key=SortKey(_as_stored, _as_stored))
+                      sort_key=SortKey(_as_stored, _as_stored),
+                      compare_key=_moment_key(kind))
 
 
 def _as_stored(value: Any) -> Any:
@@ -87,6 +88,24 @@ def _temporal_text(kind: str) -> Any:
         check(value)
         return value  # stored as given, offset and all: it is what a later GET shows
     return coerce
+
+
+def _moment_key(kind: str) -> Any:
+    """The text strftime() makes of a value in SQL (see _NORMALIZE), made in Python, so
+    feed filters compare moments as the database does; other values as they are."""
+    parse = coercer(kind)  # an offset becomes naive UTC, as strftime() converts it
+
+    def key(value: Any) -> Any:
+        try:
+            moment = parse(value)
+        except BadValue:
+            return value
+        if kind == "date":
+            return moment.isoformat()
+        seconds = f"{moment.second + moment.microsecond / 1_000_000:06.3f}"
+        day = f"{moment:%Y-%m-%d} " if kind == "datetime" else ""
+        return f"{day}{moment:%H:%M}:{seconds}"
+    return key
 
 
 def _json_text(node: Any) -> Any:
