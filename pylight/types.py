@@ -61,9 +61,12 @@ class ColumnType:
     coerce: Callable[[Any], Any] | None = None
     encode: Callable[[Any], Any] | None = None
     #: The column may hold values of any type whatever it declares (a SQLite table
-    #: that is not STRICT): they are served and filtered as stored, while writes
-    #: must still fit the declared type.
+    #: that is not STRICT): they are served as stored and cursors carry them, while
+    #: writes and filter values must still fit the declared type.
     loose: bool = False
+    #: What the filters of WebSocket feeds, evaluated in Python, compare for a value
+    #: of this column, so they agree with ``compare`` in SQL; None: the value itself.
+    compare_key: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
