@@ -325,3 +325,31 @@ async def test_insert_into_a_table_without_a_key_answers_with_defaults(tallies):
     many = await server.post("/api/tallies", [{"label": "b"}, {"label": "c", "hits": 1}])
     assert many.body["items"] == [{"label": "b", "hits": 7, "note": None},
                                   {"label": "c", "hits": 1, "note": None}]
+
+
+EXHAUST = {
+    "sqlite": ("CREATE TABLE counters (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER);\n"
+               "INSERT INTO counters (id, n) VALUES (9223372036854775807, 1)"),
+    "postgresql": ("CREATE TABLE counters (id SERIAL PRIMARY KEY, n INTEGER);\n"
+                   "INSERT INTO counters (id, n) VALUES (2147483647, 1);\n"
+                   "SELECT setval('counters_id_seq', 2147483647)"),
+    "mysql": ("CREATE TABLE counters (id INT AUTO_INCREMENT PRIMARY KEY, n INT);\n"
+              "INSERT INTO counters (id, n) VALUES (2147483647, 1)"),
+}
+
+
+@pytest.fixture
+def exhausted(database, make_server):
+    database.ddl(EXHAUST["sqlite"], EXHAUST["postgresql"], EXHAUST["mysql"])
+    return make_server()
+
+
+@pytest.mark.gen_test
+async def test_an_exhausted_auto_increment_is_a_client_error(exhausted):
+    """API.md section 5: a 422 (or a 409), never a 500, and nothing is written."""
+    for _ in range(2):
+        response = await exhausted.post("/api/counters", {"n": 2})
+        assert response.status in (409, 422), (response.status, response.raw[:300])
+        assert response.body["error"]["status"] == response.status
+    assert [row["n"] for row in (await exhausted.get("/api/counters")).body["items"]] == [1]
+    assert exhausted.changes == []

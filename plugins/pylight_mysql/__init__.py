@@ -27,10 +27,10 @@ SQL_MODE = (
     "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 )
 _DISCONNECT = {1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
-# 1265 data truncated (an unknown ENUM/SET member), 1690 out of range, 1467 the
+# 1265 data truncated (an unknown ENUM/SET member), 1690 out of range, 167 and 1467 the
 # auto-increment is exhausted, 3105/1906 a value for a generated column, 1411/1416/
 # 3037 bad date or geometry text.
-_BAD_VALUE = {1048, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1416, 1467, 1690, 1906, 3037,
+_BAD_VALUE = {167, 1048, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1416, 1467, 1690, 1906, 3037,
               3105, 3140, 3819, 4025}
 _RETRY = {1205, 1213}  # lock wait timeout, deadlock
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
