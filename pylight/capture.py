@@ -29,7 +29,6 @@ PostgreSQL LISTENs (the triggers ``pg_notify``), SQLite watches
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import time
@@ -167,7 +166,13 @@ def _loads(text: Any) -> Any:
 
 
 def decode(column: ColumnInfo, value: Any) -> Any:
-    """A logged JSON value as the API sends it (leniently: what cannot be read is kept)."""
+    """A logged JSON value as the API sends it (leniently: what cannot be read is kept).
+
+    The trigger logs a column as its JSON form, which is the value the driver would
+    give, or its text: it goes through the column's own conversion and encoding,
+    as a row read from the table does; only binary (logged as hex) and nested
+    JSON documents need undoing first.
+    """
     if value is None:
         return None
     kind = column.kind
@@ -175,26 +180,18 @@ def decode(column: ColumnInfo, value: Any) -> Any:
         if kind == "binary":
             text = str(value)
             value = bytes.fromhex(text[2:] if text.startswith("\\x") else text)
-        elif kind == "boolean":
-            if isinstance(value, str):
-                value = value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
-            value = bool(value)
-        elif kind == "integer":
-            value = int(value)
-        elif kind == "float":
-            value = float(value)
-        elif kind == "decimal":
-            value = Decimal(str(value))
-        elif kind == "datetime":
-            value = datetime.datetime.fromisoformat(str(value))
-        elif kind == "date":
-            value = datetime.date.fromisoformat(str(value)[:10])
-        elif kind == "time":
-            value = datetime.time.fromisoformat(str(value))
+        elif kind == "boolean" and isinstance(value, str):
+            value = value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
         elif kind == "json" and not isinstance(value, str):
             value = _plain(value)  # a nested document: numbers as the API sends them
+            return value if column.encode is None else column.encode(value)
+        value = column.field.python_value(value)
+        if kind == "float" and value is not None:
+            value = float(value)
     except (ValueError, TypeError, ArithmeticError, InvalidOperation):
         return value if not isinstance(value, Decimal) else format(value, "f")
+    if value is None:
+        return None
     if isinstance(value, Decimal) and column.encode is None:
         return format(value, "f")
     return value if column.encode is None else column.encode(value)

@@ -431,7 +431,7 @@ def decode_cursor(table: TableInfo, query: ListQuery, text: str) -> list[Any]:
         except values.BadValue:
             # A value the column would not accept from a client, but holds (SQLite
             # keeps any value in any column): a cursor carries it as it was read.
-            if not isinstance(value, (str, int, float)) or column.kind in ("binary", "json"):
+            if not column.loose or not isinstance(value, (str, int, float)):
                 raise bad_request("after: the cursor does not match this table",
                                   parameter="after") from None
             decoded.append(value)

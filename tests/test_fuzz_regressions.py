@@ -56,12 +56,18 @@ async def test_timestamps_are_documented_as_they_are_returned(server):
     created = await server.post("/api/products", {"name": "T", "price": "1.00", "sku": "T-1",
                                                   "created_at": "2000-01-01T00:00:00Z"})
     assert created.status == 201
-    assert created.body["created_at"] == "2000-01-01T00:00:00"
     returned = doc["components"]["schemas"]["products"]["properties"]["created_at"]
+    if server.app.backend.name == "SQLite":
+        # SQLite keeps date-time text as written, and any other value a column holds.
+        assert created.body["created_at"] == "2000-01-01T00:00:00Z"
+        returned = returned["anyOf"][0]
+    else:
+        assert created.body["created_at"] == "2000-01-01T00:00:00"
     assert "format" not in returned
     assert re.search(returned["pattern"], created.body["created_at"])
     # Decimals: string or number in, always a string out.
-    assert doc["components"]["schemas"]["products"]["properties"]["price"]["type"] == "string"
+    price_out = doc["components"]["schemas"]["products"]["properties"]["price"]
+    assert price_out.get("anyOf", [price_out])[0]["type"] == "string"
     price_in = doc["components"]["schemas"]["products_create"]["properties"]["price"]
     assert {s["type"] for s in price_in["anyOf"]} == {"string", "number"}
     assert created.body["price"] == "1.00"

@@ -201,10 +201,13 @@ class SqliteBackend(Backend):
         # served, and written back, as it is.
         loose = not _is_strict(db, table)
         types = {}
-        for _, name, declared, _, _, _, hidden in db.execute_sql(
-                f"PRAGMA table_xinfo({_ident(table)})").fetchall():
+        rows = db.execute_sql(f"PRAGMA table_xinfo({_ident(table)})").fetchall()
+        # INTEGER PRIMARY KEY is the rowid itself, which holds integers only.
+        keys = [row[1] for row in rows if row[5]]
+        for _, name, declared, _, _, _, hidden in rows:
             ctype = _declared_type(declared or "")
-            if loose and ctype.kind not in ("any", "json"):
+            is_rowid = keys == [name] and (declared or "").upper() == "INTEGER"
+            if loose and not is_rowid and ctype.kind not in ("any", "json"):
                 # Bound as given: a cursor may carry a value of another type ('N/A' in
                 # an INT column), which the declared type's conversion would refuse.
                 ctype = replace(ctype, loose=True, to_db=ctype.to_db or _as_stored)
