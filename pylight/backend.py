@@ -173,7 +173,7 @@ class Backend:
                          key: list[str]) -> dict[str, tuple[str, list[str]]]:
         """``{trigger name: (definition, create statements)}`` capturing ``table``.
 
-        ``columns`` are ``(name, kind)`` of every column, ``key`` the primary
+        ``columns`` are ``(name, field type)`` of every column, ``key`` the primary
         key (empty: the row images go in ``new_row``/``old_row``). The
         definition is what :meth:`capture_installed` reports for a trigger
         created by those statements, so an unchanged trigger is left alone.

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from pylight import store, values
+from pylight import store
 from pylight.backend import Backend, ChangeWatcher
 from pylight.errors import StartupError
 from pylight.hub import Change
@@ -67,9 +67,11 @@ def capturable(tables: dict[str, TableInfo]) -> list[TableInfo]:
 
 
 def table_columns(table: TableInfo) -> list[tuple[str, str]]:
-    """``(name, kind)`` of every column of ``table``, hidden ones included (the
+    """``(name, field type)`` of every column of ``table`` (peewee's ``field_type``:
+    ``INT``, ``BLOB``, or a backend's own such as ``BIT``), hidden ones included (the
     triggers do not depend on ``hidden``; the reader drops hidden columns)."""
-    return [(fld.column_name, values.kind_of(fld)) for fld in table.model._meta.sorted_fields]
+    return [(fld.column_name, str(fld.field_type).upper())
+            for fld in table.model._meta.sorted_fields]
 
 
 def _execute(db: peewee.Database, sql: str) -> None:
@@ -176,12 +178,12 @@ def decode(column: ColumnInfo, value: Any) -> Any:
     if value is None:
         return None
     kind = column.kind
+    if isinstance(value, dict) and kind != "json" and len(value) == 1:
+        value = _untag(value)
     try:
-        if kind == "binary":
+        if kind == "binary" and isinstance(value, str):
             text = str(value)
             value = bytes.fromhex(text[2:] if text.startswith("\\x") else text)
-        elif kind == "boolean" and isinstance(value, str):
-            value = value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
         elif kind == "json" and not isinstance(value, str):
             value = _plain(value)  # a nested document: numbers as the API sends them
             return value if column.encode is None else column.encode(value)
@@ -195,6 +197,16 @@ def decode(column: ColumnInfo, value: Any) -> Any:
     if isinstance(value, Decimal) and column.encode is None:
         return format(value, "f")
     return value if column.encode is None else column.encode(value)
+
+
+def _untag(value: dict[str, Any]) -> Any:
+    """A value JSON cannot carry, as a backend's trigger logs it: ``{"$blob": hex}``,
+    ``{"$real": "3.00000000000000044408e-01"}`` (enough digits to be exact)."""
+    if "$blob" in value:
+        return bytes.fromhex(str(value["$blob"]))
+    if "$real" in value:
+        return float(value["$real"])
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -38,9 +38,14 @@ DECLARE
     source jsonb;
     key jsonb := '[]'::jsonb;
     i integer;
+    writer_style text := current_setting('IntervalStyle');
 BEGIN
+    -- Intervals as ISO 8601 durations, whatever style the writing session uses;
+    -- its own setting is back before the trigger returns.
+    PERFORM set_config('IntervalStyle', 'iso_8601', true);
     IF TG_OP <> 'DELETE' THEN new_image := to_jsonb(NEW); END IF;
     IF TG_OP <> 'INSERT' THEN old_image := to_jsonb(OLD); END IF;
+    PERFORM set_config('IntervalStyle', writer_style, true);
     IF TG_NARGS = 0 THEN
         INSERT INTO _pylight_changes (table_name, op, row_key, old_row, new_row)
         VALUES (TG_TABLE_NAME, left(TG_OP, 1), NULL, old_image::text, new_image::text);

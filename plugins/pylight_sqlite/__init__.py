@@ -289,10 +289,19 @@ class SqliteBackend(Backend):
 
     def capture_triggers(self, table: str, columns: list[tuple[str, str]],
                          key: list[str]) -> dict[str, tuple[str, list[str]]]:
+        types = dict(columns)
+
         def value(row: str, name: str) -> str:
-            # json_object() refuses BLOBs (and any column may hold one on SQLite).
+            # json_object() refuses BLOBs (and any column may hold one on SQLite) and
+            # keeps 15 digits of a REAL: a BLOB column's value goes as hex, a blob
+            # elsewhere and every REAL tagged (see capture.decode), so the reader
+            # gets the value a read gives.
             ref = f"{row}.{_ident(name)}"
-            return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) ELSE {ref} END"
+            blob = f"hex({ref})" if types.get(name) == "BLOB" else \
+                f"json_object('$blob', hex({ref}))"
+            return (f"CASE typeof({ref}) WHEN 'blob' THEN {blob} "
+                    f"WHEN 'real' THEN json_object('$real', printf('%!.20e', {ref})) "
+                    f"ELSE {ref} END")
 
         triggers = {}
         inserts = change_log_inserts(table, columns, key, value, _literal, "json_object",
