@@ -184,8 +184,11 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                 table=table.name)
         arguments = self.request.query_arguments
         where = ql.parse_filters(table, arguments, ignore=FEED_PARAMS)
-        if "since" in arguments:
-            text = arguments["since"][-1].decode("utf-8", "replace")
+        # `since=eq.3` filters a column named "since" (API.md section 5).
+        _, params = ql.split_arguments(table, arguments, FEED_PARAMS)
+        if "since" in params:
+            raw = params["since"][-1]
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             # isascii(): str.isdigit() also accepts digits like "²" that int() refuses (a 500).
             if not (text.isascii() and text.isdigit()) or len(text) > 18:
                 raise bad_request("since: expected the seq of the last change seen",

@@ -506,3 +506,26 @@ async def test_format_notification_plugin_replaces_the_shape(formatted_server):
     assert await filtered.drain() == [messages[0], {**messages[1], "matches": False}]
     client.close()
     filtered.close()
+
+
+@pytest.fixture
+def agenda(database, make_server):
+    """A table whose columns are named like the feed's own parameters."""
+    database.ddl('CREATE TABLE agenda (id INTEGER PRIMARY KEY, since INTEGER, "order" INTEGER)',
+                 mysql="CREATE TABLE agenda (id INTEGER PRIMARY KEY, since INTEGER, `order` INTEGER)")
+    return make_server()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_feed_filters_columns_named_like_its_parameters(agenda):
+    """API.md section 5: `since=eq.3` filters a column named "since"; `since=0` resumes."""
+    client = await FeedClient.open(agenda, "/ws/agenda?since=eq.3&order=gt.1")
+    other = await FeedClient.open(agenda, "/ws/agenda?since=0")
+    for row in ({"id": 1, "since": 3, "order": 2}, {"id": 2, "since": 4, "order": 2},
+                {"id": 3, "since": 3, "order": 1}):
+        assert (await agenda.post("/api/agenda", row)).status == 201
+    (message,) = await client.drain()
+    assert message["record"] == {"id": 1, "since": 3, "order": 2}
+    assert [m["pk"] for m in await other.changes(3)] == [1, 2, 3]
+    client.close()
+    other.close()
