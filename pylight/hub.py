@@ -46,30 +46,42 @@ class Change:
 class Notice:
     """A numbered change with its message, encoded at most once per variant."""
 
-    __slots__ = ("change", "seq", "message", "_text", "_unmatched", "wire")
+    __slots__ = ("change", "seq", "message", "_texts", "wire")
+
+    #: The message variants a subscriber may get: as formatted; with ``"matches":
+    #: false``, for a row that left its filter; without ``old``, when the row as it
+    #: was is one the subscriber may not read (an auth row filter).
+    VARIANTS = ("plain", "unmatched", "without_old")
 
     def __init__(self, change: Change, seq: int, message: dict[str, Any]) -> None:
         self.change = change
         self.seq = seq
         self.message = message
-        self._text: str | None = None
-        self._unmatched: str | None = None
+        self._texts: dict[str, str] = {}
         # Transport encodings of the texts (e.g. WebSocket frames), made once
         # by the transport and shared by all its subscribers.
         self.wire: dict[Any, bytes] = {}
 
+    def variant(self, name: str) -> str:
+        """The text of one of :attr:`VARIANTS`, encoded at most once."""
+        text = self._texts.get(name)
+        if text is None:
+            if name == "unmatched":
+                message = {**self.message, "matches": False}
+            elif name == "without_old":
+                message = {**self.message, "old": None} if "old" in self.message else self.message
+            else:
+                message = self.message
+            text = self._texts[name] = values.dumps(message)
+        return text
+
     @property
     def text(self) -> str:
-        if self._text is None:
-            self._text = values.dumps(self.message)
-        return self._text
+        return self.variant("plain")
 
     @property
     def unmatched_text(self) -> str:
-        """The message with ``"matches": false``, for a row that left a subscriber's filter."""
-        if self._unmatched is None:
-            self._unmatched = values.dumps({**self.message, "matches": False})
-        return self._unmatched
+        return self.variant("unmatched")
 
 
 class Subscriber(Protocol):

@@ -52,12 +52,12 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
-def notice_frame(notice: Notice, unmatched: bool = False) -> bytes:
-    """The frame of a notice's message, built once and shared by every subscriber."""
-    frame = notice.wire.get(unmatched)
+def notice_frame(notice: Notice, variant: str = "plain") -> bytes:
+    """The frame of a notice's message (one of ``Notice.VARIANTS``), built once and
+    shared by every subscriber."""
+    frame = notice.wire.get(variant)
     if frame is None:
-        frame = notice.wire[unmatched] = text_frame(
-            notice.unmatched_text if unmatched else notice.text)
+        frame = notice.wire[variant] = text_frame(notice.variant(variant))
     return frame
 
 
@@ -319,22 +319,31 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                 self._deliver_now(notice)
 
     def _deliver_now(self, notice: Notice) -> None:
+        # Every row a message shows must be one this subscriber may read: `record`
+        # (its filter includes the auth row filter) and `old` too.
         matcher = self.matcher
         change = notice.change
         if matcher is None or matcher(change.record):
+            old = change.old
+            if old is not None and self.row_matcher is not None and not self.row_matcher(old):
+                # The row moved into this identity's rows from rows it may not see.
+                old = None
+            variant = "plain" if old is change.old else "without_old"
             if self.app.auth.authorizes:
-                self._send_if_allowed(notice, change.record, notice_frame(notice))
+                self._send_if_allowed(notice, change.record, notice_frame(notice, variant), old,
+                                      notice_frame(notice, "without_old"))
             else:
-                self.send_frame(notice_frame(notice))
+                self.send_frame(notice_frame(notice, variant))
         elif change.event == "updated" and matcher(change.old):
             if self.row_matcher is not None and not self.row_matcher(change.record):
                 # The row left the rows this identity may see: say so without
                 # showing what it became.
                 self._send_if_allowed(notice, change.old, text_frame(self._exit_text(notice)))
             elif self.app.auth.authorizes:
-                self._send_if_allowed(notice, change.record, notice_frame(notice, True))
+                self._send_if_allowed(notice, change.record, notice_frame(notice, "unmatched"),
+                                      change.old, None)
             else:
-                self.send_frame(notice_frame(notice, True))
+                self.send_frame(notice_frame(notice, "unmatched"))
 
     def _exit_text(self, notice: Notice) -> str:
         change = notice.change
@@ -343,17 +352,30 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                              "seq": notice.seq, "pk": key, "record": None, "old": None,
                              "matches": False})
 
-    def _send_if_allowed(self, notice: Notice, record: dict[str, Any] | None,
-                         frame: bytes) -> None:
-        """Send ``frame`` if the authorisation hooks let this subscriber read ``record``.
+    def _send_if_allowed(self, notice: Notice, record: dict[str, Any] | None, frame: bytes,
+                         old: dict[str, Any] | None = None,
+                         without_old: bytes | None = None) -> None:
+        """Send ``frame`` if the authorisation hooks let this subscriber read ``record``;
+        if they do not let it read ``old`` (the row before an update, which ``frame``
+        shows), send ``without_old`` instead, or nothing when that is None.
 
         A hook may be async; later notices then wait for earlier verdicts, so
         the client still receives its changes in seq order.
         """
-        verdict = self.app.auth.may_read(self.identity, notice.change.table, record)
-        if self.pending_verdict is None and not inspect.isawaitable(verdict):
-            if verdict:
-                self.send_frame(frame)
+        table = notice.change.table
+        verdict = self.app.auth.may_read(self.identity, table, record)
+        old_verdict = True if old is None else self.app.auth.may_read(self.identity, table, old)
+
+        def choose(allowed: Any, old_allowed: Any) -> bytes | None:
+            if not allowed:
+                return None
+            return frame if old_allowed else without_old
+
+        if self.pending_verdict is None and not inspect.isawaitable(verdict) \
+                and not inspect.isawaitable(old_verdict):
+            chosen = choose(verdict, old_verdict)
+            if chosen is not None:
+                self.send_frame(chosen)
             return
         previous = self.pending_verdict
 
@@ -361,8 +383,10 @@ class FeedHandler(JsonErrors, WebSocketHandler):
             if previous is not None:
                 await previous
             allowed = await verdict if inspect.isawaitable(verdict) else verdict
-            if allowed:
-                self.send_frame(frame)
+            old_allowed = await old_verdict if inspect.isawaitable(old_verdict) else old_verdict
+            chosen = choose(allowed, old_allowed)
+            if chosen is not None:
+                self.send_frame(chosen)
 
         task = asyncio.ensure_future(in_order())
         self.pending_verdict = task

@@ -247,8 +247,17 @@ async def test_row_filter_websocket_subscribers_get_their_own_rows(filtered):
                                                      ("updated", 1)]
     assert all(m.get("matches", True) for m in got2)
     assert all(m["record"]["user_id"] == 2 for m in got2)
+    # Every row a message shows is one its subscriber may read: order 1 as it was
+    # belonged to user 1, so user 2 gets the move without `old`; its own update keeps it.
+    assert got2[1]["old"]["user_id"] == 2
+    assert got2[2]["old"] is None
     assert await nosy.drain() == []
-    assert len(await everyone.drain()) == 4
+    seen_by_admin = await everyone.drain()
+    assert len(seen_by_admin) == 4 and seen_by_admin[-1]["old"]["user_id"] == 1
+    # ... and the same on a replay
+    replay = await open_feed(server, "/ws/orders?since=0", bearer(two_token))
+    assert [m.get("old") for m in await replay.drain()] == [None, got2[1]["old"], None]
+    replay.close()
     # a user's own filter cannot widen the row filter of a WebSocket either
     for client in (one, two, nosy, everyone):
         client.close()
