@@ -13,7 +13,7 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import demo, openapi, ops, realtime, rest, web
+from pylight import auth, demo, openapi, ops, realtime, rest, web
 from pylight.auth import Auth
 from pylight.backend import Backend, redact_url, url_scheme
 from pylight.capture import Capture
@@ -73,6 +73,7 @@ class Pylight:
         ``users.password_hash`` as ``[table:users] hidden = password_hash`` would
         (when the database holds the demo tables and the configuration has no
         ``[table:users]``). The command line passes True."""
+        auth.redact_logs()  # no log line may carry a credential, whatever logs it
         self.config = config
         self.demo_settings = demo_settings
         self.pm = pm

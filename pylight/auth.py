@@ -7,6 +7,7 @@ no-op, so an open server pays nothing for it.
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,22 +51,54 @@ def forbidden(message: str, **details: Any) -> ApiError:
     return ApiError(403, "forbidden", message, details)
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` with the value of every ``token`` query parameter replaced by ``***``:
-    it is a credential, and no log line may carry it.
+# What a log line may carry a credential in: a query parameter named token (its
+# name possibly percent-encoded), an Authorization or X-API-Key header as Tornado
+# prints a request, and a password in a database URL.
+_QUERY_PARAM = re.compile(r"(?<=[?&;])([^=&\s'\"]*)=([^&\s'\"]*)")
+_HEADER = re.compile(r"(?i)(['\"]?(?:authorization|x-api-key)['\"]?\s*[:=]\s*['\"]?)"
+                     r"([^'\"\n,}]+)")
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/\s@'\"]*:)([^@\s'\"]+)(@)")
 
-    Parameter names are compared decoded, as the server reads them, so
-    ``?%74oken=...`` is hidden too.
-    """
-    path, sep, query = uri.partition("?")
-    if not sep:
-        return uri
-    parts = query.split("&")
-    for index, part in enumerate(parts):
-        name, eq, _ = part.partition("=")
-        if unquote_plus(name).strip().lower() == "token":
-            parts[index] = f"{name}=***" if eq else "token=***"
-    return f"{path}?{'&'.join(parts)}"
+
+def redact(text: str) -> str:
+    """``text`` with every credential it may hold replaced by ``***`` (see above)."""
+    if "=" in text:
+        text = _QUERY_PARAM.sub(_hide_token, text)
+    text = _HEADER.sub(lambda m: f"{m.group(1)}***", text)
+    return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}***{m.group(3)}", text)
+
+
+def _hide_token(match: re.Match[str]) -> str:
+    name = match.group(1)
+    return f"{name}=***" if unquote_plus(name).strip().lower() == "token" else match.group(0)
+
+
+class RedactCredentials(logging.Filter):
+    """Rewrites every record of the loggers it is on so that no line, traceback
+    included, carries a credential: Tornado logs an uncaught exception with the
+    request's URI and headers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+#: The loggers a request's details can reach.
+REQUEST_LOGGERS = ("pylight", "tornado.access", "tornado.application", "tornado.general",
+                   "asyncio")
+
+
+def redact_logs() -> None:
+    """Put :class:`RedactCredentials` on every logger a request's details can reach (once)."""
+    for name in REQUEST_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactCredentials) for f in logger.filters):
+            logger.addFilter(RedactCredentials())
 
 
 def request_token(request: HTTPServerRequest) -> str | None:

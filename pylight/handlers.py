@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from pylight import values
-from pylight.auth import redact_uri
+from pylight.auth import redact
 from pylight.errors import ApiError, bad_request
 
 if TYPE_CHECKING:
@@ -78,8 +78,8 @@ class JsonErrors:
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, (ApiError, HTTPError)):
-            # redact_uri: a browser's ?token= is a credential and must not reach the log.
-            log.debug("%s %s -> %s", self.request.method, redact_uri(self.request.uri or ""), value)
+            # redact: a browser's ?token= is a credential and must not reach the log.
+            log.debug("%s %s -> %s", self.request.method, redact(self.request.uri or ""), value)
             return
         super().log_exception(typ, value, tb)
 
@@ -132,7 +132,8 @@ class BaseHandler(JsonErrors, RequestHandler):
         limit = self.app.config.api.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None:
-            if not length.strip().isdigit():
+            # isascii(): str.isdigit() also accepts "²", which int() then refuses (a 500).
+            if not (length.strip().isascii() and length.strip().isdigit()):
                 raise bad_request("Content-Length is not a number")
             if int(length) > limit:
                 raise ApiError(413, "payload_too_large",

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from pylight.auth import redact_uri
+from pylight.auth import redact
 from pylight.errors import ApiError, unavailable
 from pylight.handlers import BaseHandler, NotFoundHandler
 
@@ -66,7 +66,7 @@ def access_line(handler: tornado.web.RequestHandler, table: str) -> str:
     request = handler.request
     uri = request.uri or ""
     if "?" in uri:
-        uri = redact_uri(uri)
+        uri = redact(uri)
     length = handler._headers.get("Content-Length")  # set by finish() for a plain response
     return (f'{{"time": "{utc_time(time.time())}", "method": {_quote(request.method or "")}, '
             f'"path": {_quote(uri[:2000])}, "status": {handler.get_status()}, '

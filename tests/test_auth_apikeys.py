@@ -9,6 +9,7 @@ import pylight_apikeys
 import pytest
 
 from pylight import StartupError
+from pylight import hookimpl as pylight_hookimpl
 from tests.auth_support import (
     UPGRADE,
     LogCapture,
@@ -271,3 +272,38 @@ async def test_schema_documents_show_only_readable_tables(keyed):
     assert [t["name"] for t in listing.body["tables"]] == ["products"]
     writer = await keyed.get("/api/openapi.json", headers=bearer(WRITER))
     assert "/api/orders" in writer.body["paths"] and "/api/users" in writer.body["paths"]
+
+
+class _Crash:
+    """A plugin route that fails, as a bug would: Tornado logs it with the request."""
+
+    @staticmethod
+    @pylight_hookimpl
+    def pylight_routes(app: Any) -> list[tuple[Any, ...]]:
+        import tornado.web
+
+        class CrashHandler(tornado.web.RequestHandler):
+            def get(self) -> None:
+                raise RuntimeError(f"crashed on {self.request.uri}")
+        return [(r"/crash", CrashHandler)]
+
+
+@pytest.fixture
+def crashing(make_server):
+    return make_server(keys_section(), plugins=[_Crash])
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_no_log_line_carries_a_credential_even_when_a_request_fails(crashing):
+    with LogCapture("tornado", "pylight", "asyncio") as logs:
+        failed = await crashing.get(f"/crash?token={READER}&x=1",
+                                    headers={"Authorization": f"Bearer {WRITER}"})
+        assert failed.status == 500
+        deep = "[" * 2000
+        import base64
+
+        cursor = base64.urlsafe_b64encode(deep.encode()).decode().rstrip("=")
+        nested = await crashing.get(f"/api/products?token={READER}&after={cursor}")
+        assert nested.status == 400  # not a RecursionError
+    assert any("Uncaught exception" in line for line in logs.lines), logs.text
+    assert READER not in logs.text and WRITER not in logs.text, logs.text

@@ -14,7 +14,7 @@ from conftest import pg_connect
 from prometheus_client.parser import text_string_to_metric_families
 
 from pylight import ops
-from pylight.auth import redact_uri
+from pylight.auth import RedactCredentials, redact
 from pylight.hub import Change
 from tests.auth_support import UPGRADE, bearer, open_feed
 from tests.realtime_support import (
@@ -292,12 +292,37 @@ async def test_access_log_is_one_json_line_per_request_without_tokens(keyed):
         logging.INFO] + [logging.WARNING] * 2
 
 
-def test_redact_uri() -> None:
-    assert redact_uri("/a?token=s3cret") == "/a?token=***"
-    assert redact_uri("/a?x=1&token=s&y=2") == "/a?x=1&token=***&y=2"
-    assert redact_uri("/a?to%6Ben=s&Token=t&token") == "/a?to%6Ben=***&Token=***&token=***"
-    assert redact_uri("/a?tokens=1&x=token=2") == "/a?tokens=1&x=token=2"
-    assert redact_uri("/a/token=b") == "/a/token=b"
+def test_redact() -> None:
+    assert redact("/a?token=s3cret") == "/a?token=***"
+    assert redact("/a?x=1&token=s&y=2") == "/a?x=1&token=***&y=2"
+    assert redact("/a?to%6Ben=s&Token=t&token") == "/a?to%6Ben=***&Token=***&token"
+    assert redact("/a?tokens=1&x=token=2") == "/a?tokens=1&x=token=2"
+    assert redact("/a/token=b") == "/a/token=b"
+    # Tornado's repr of a request, and database URLs
+    assert redact("headers={'Authorization': 'Bearer abc.def', 'X-Api-Key': 'k1'}") == \
+        "headers={'Authorization': '***', 'X-Api-Key': '***'}"
+    assert redact("Authorization: Bearer abc") == "Authorization: ***"
+    assert redact("postgresql://ann:s3cret@db:5432/shop") == "postgresql://ann:***@db:5432/shop"
+
+
+def test_every_log_line_of_a_request_is_redacted() -> None:
+    """Tornado logs an uncaught exception with the URI and the request's headers, and
+    the exception's text may repeat them: none of it reaches a log unredacted."""
+    record = logging.LogRecord(
+        "tornado.application", logging.ERROR, __file__, 1, "Uncaught exception %s\n%r",
+        ("GET /api/orders?token=SECRET1 (127.0.0.1)",
+         "HTTPServerRequest(uri='/api/orders?token=SECRET1', headers={'Authorization': "
+         "'Bearer SECRET2'})"), None)
+    try:
+        raise ValueError("bad value in /api/orders?x=1&token=SECRET3")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert RedactCredentials().filter(record)
+    text = logging.Formatter().format(record)
+    assert "SECRET" not in text, text
+    assert "token=***" in text and "ValueError" in text
 
 
 # -- health and readiness ---------------------------------------------------------------------
