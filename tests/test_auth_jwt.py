@@ -92,6 +92,11 @@ async def test_bad_tokens_are_401_with_the_json_error(hs_server):
         "garbage": ("abc.def.ghi", "malformed"),
         "HS512": (token(claims(permissions=ALL), key=HS_SECRET * 2, alg="HS512"),
                   "'HS512' is not accepted"),
+        # PyJWT reads a numeric string as a time, but a socket's expiry could not be
+        # read from it: refused everywhere (the socket never expired).
+        "exp as text": (token(claims(exp_in=None, exp=str(now + 600), permissions=ALL)),
+                        "'exp' must be a number"),
+        "iat as a boolean": (token(claims(iat=True, permissions=ALL)), "'iat' must be a number"),
     }
     for name, (credential, words) in cases.items():
         headers = bearer(credential) if credential else {}

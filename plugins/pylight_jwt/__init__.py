@@ -113,6 +113,9 @@ def claim(claims: dict[str, Any], path: str) -> Any:
     return value
 
 
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
 class RowFilter:
     """``filter.TABLE``: a query-language filter with ``{claim}`` placeholders."""
 
@@ -167,7 +170,7 @@ class JwtAuth:
             raise unauthorized(f"token algorithm {str(alg)[:20]!r} is not accepted "
                                f"(accepted: {', '.join(self.algorithms)})")
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token, self.key, algorithms=self.algorithms,
                 audience=self.audience, issuer=self.issuer, leeway=self.leeway,
                 options={"require": self.require, "verify_signature": True},
@@ -190,6 +193,15 @@ class JwtAuth:
             raise unauthorized("malformed token") from None
         except jwt.PyJWTError as exc:
             raise unauthorized(f"invalid token: {str(exc)[:100]}") from None
+        for name in _TIME_CLAIMS:
+            # RFC 7519 NumericDate. PyJWT reads "exp": "1700000000" as a number, but a
+            # socket's expiry must be read the same way: such a token is refused.
+            value = claims.get(name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise unauthorized(f"token claim {name!r} must be a number (seconds since "
+                                   "the epoch)")
+        return claims
 
     def permissions(self, claims: dict[str, Any]) -> Permissions:
         granted = self.default_permissions
