@@ -65,21 +65,25 @@ def awkward(database: Any, make_server: Any) -> Iterator[Awkward]:
     reference = catalog(database)
     server = make_server()
     state = Awkward(server, database, reference)
+    record_server_errors(server, state.server_errors)
+    yield state
+    assert not state.server_errors, (
+        f"{len(state.server_errors)} response(s) of 500 or more:\n"
+        + "\n".join(state.server_errors[:100]))
+
+
+def record_server_errors(server: Any, errors: list[str]) -> None:
+    """Make ``server``'s client append every response of 500 or more to ``errors``."""
     plain = server.request
 
     async def request(method: str, path: str, body: Any = None, **kw: Any) -> Any:
         response = await plain(method, path, body, **kw)
         if response.status >= 500:
             sent = "" if body is None else " " + json.dumps(body, ensure_ascii=False)[:200]
-            state.server_errors.append(
-                f"{method} {path}{sent} -> {response.status} {response.raw[:300]!r}")
+            errors.append(f"{method} {path}{sent} -> {response.status} {response.raw[:300]!r}")
         return response
 
     server.request = request
-    yield state
-    assert not state.server_errors, (
-        f"{len(state.server_errors)} response(s) of 500 or more:\n"
-        + "\n".join(state.server_errors[:100]))
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from tests.test_any_schema import (
     ident,
     item_url,
     read_only_columns,
+    record_server_errors,
     said,
     short,
     sqlite_off_type,
@@ -106,17 +107,7 @@ def capturing(database: Any, make_server: Any, caplog: pytest.LogCaptureFixture)
     reference = catalog(database)
     server = make_server(SETTINGS)
     state = Capturing(server, database, reference, caplog=caplog)
-    plain = server.request
-
-    async def request(method: str, path: str, body: Any = None, **kw: Any) -> Any:
-        response = await plain(method, path, body, **kw)
-        if response.status >= 500:
-            sent = "" if body is None else " " + json.dumps(body, ensure_ascii=False)[:200]
-            state.server_errors.append(
-                f"{method} {path}{sent} -> {response.status} {response.raw[:300]!r}")
-        return response
-
-    server.request = request
+    record_server_errors(server, state.server_errors)
     return state
 
 
