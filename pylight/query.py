@@ -172,9 +172,10 @@ def _condition(table: TableInfo, name: str, spec: str, param: str, explicit: boo
     if kind == "json" and column.compare is None and op != "is":
         raise bad_request(f"{param}: JSON column {name!r} can only be tested with is.null",
                           parameter=param)
-    if op in ("gt", "gte", "lt", "lte") and not column.orderable:
-        raise bad_request(f"{param}: the database cannot order {name!r} ({column.raw_type}); "
-                          "use eq, neq, in or is", parameter=param)
+    if op in ("gt", "gte", "lt", "lte") and not column.range_filters:
+        raise bad_request(f"{param}: {name!r} ({column.raw_type}) takes eq, neq, in, is and "
+                          "like, not gt/gte/lt/lte: its order is the database's own",
+                          parameter=param)
     if op == "is":
         lowered = text.lower()
         if lowered == "null":
@@ -648,7 +649,7 @@ class Matcher:
         try:
             value = column.coerce(raw)
         except values.BadValue:
-            return raw
+            value = raw  # a value of another type than the column declares (SQLite)
         return self._fold(name, value)
 
     def _condition(self, node: Condition, record: dict[str, Any]) -> bool | None:

@@ -108,6 +108,17 @@ def _moment_key(kind: str) -> Any:
     return key
 
 
+def _storage_order(value: Any) -> Any:
+    """How SQLite orders values of mixed types: numbers, then text, then blobs."""
+    if isinstance(value, (bool, int, float, Decimal)):
+        return (1, value)
+    if isinstance(value, str):
+        return (2, value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (3, bytes(value))
+    return (0, 0)
+
+
 def _json_text(node: Any) -> Any:
     # Compared minified; text that is not JSON (json() would fail on it) as it is.
     return peewee.Case(None, [(peewee.fn.json_valid(node), peewee.fn.json(node))], node)
@@ -211,6 +222,8 @@ class SqliteBackend(Backend):
                 # Bound as given: a cursor may carry a value of another type ('N/A' in
                 # an INT column), which the declared type's conversion would refuse.
                 ctype = replace(ctype, loose=True, to_db=ctype.to_db or _as_stored)
+            if (ctype.loose or ctype.kind == "any") and ctype.compare_key is None:
+                ctype = replace(ctype, compare_key=_storage_order)
             if hidden in (2, 3):
                 ctype = replace(ctype, read_only="a generated column")
             if ctype != ColumnType():
