@@ -21,6 +21,7 @@ from pylight.config import Config, TableSettings
 from pylight.db import Database
 from pylight.errors import StartupError
 from pylight.handlers import NotFoundHandler
+from pylight.http_limits import JsonRefusalsHTTPServer
 from pylight.hub import Hub
 from pylight.schema import TableInfo, reflect
 
@@ -193,11 +194,14 @@ class Pylight:
         """Listen (on ``sockets`` if given) and run the start-up hooks."""
         await _await_all(self.pm.hook.pylight_startup(app=self))
         server = self.config.server
-        self.server = HTTPServer(
+        # Tornado's own refusals (malformed or oversized requests) answered with
+        # the JSON error body rather than an empty 400 or no answer at all.
+        self.server = JsonRefusalsHTTPServer(
             self.make_app(),
             # Bodies are streamed and limited by the handlers, which answer 413;
             # this only stops a client streaming forever.
             max_body_size=max(self.config.api.max_body_bytes * 4, 64 * 1024 * 1024),
+            max_body_bytes=self.config.api.max_body_bytes,
             # Tornado also uses idle_connection_timeout as the time allowed for a
             # request's headers (slowloris), and maps 0 to an hour.
             idle_connection_timeout=server.idle_timeout,

@@ -75,6 +75,9 @@ class RealtimeSettings:
         "SQLite and MySQL)")
     install_triggers: bool = setting(
         False, "install the change-capture triggers at start-up (capture = database)")
+    compression: bool = setting(
+        False, "offer permessage-deflate to feed clients that ask for it (each message is "
+        "compressed once and shared; costs CPU, saves bandwidth on large rows)")
 
 
 @dataclass(frozen=True)

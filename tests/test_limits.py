@@ -1,5 +1,7 @@
 """WebSocket limits under `[realtime]`: message size (1009), connections in total and per
-client address (503 before the upgrade), and the client message rate (1008).
+client address (503 before the upgrade), and the client message rate (1008); and the
+HTTP layer's own refusals (too long, too many parameters, malformed), answered with the
+JSON error body (pylight/http_limits.py).
 
 The limits do not depend on the database, so these tests run on SQLite only.
 """
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,9 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from pylight.config import RealtimeSettings, load_config
 from pylight.errors import StartupError
+from pylight.http_limits import HARD_HEAD_BYTES
 from pylight.realtime import Connections
-from tests.realtime_support import TIMEOUT, FeedClient, wait_for, ws_url
+from tests.realtime_support import TIMEOUT, FeedClient, in_thread, port_of, wait_for, ws_url
 
 # Database-independent: the server tests run on SQLite only.
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -297,3 +302,145 @@ async def test_rate_limit_zero_means_no_limit(limited):
     await pongs(conn, 300)
     assert server.app.connections.closed_by_rate == 0
     conn.close()
+
+
+# -- Tornado's own refusals, as JSON (issue 10 item 7) -------------------------------------------
+
+def raw_http(port: int, data: bytes, timeout: float = TIMEOUT) -> bytes:
+    """Blocking: send ``data`` on a fresh connection; everything until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # refused before it read everything
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return b"".join(chunks)
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", len(body)))
+    assert len(body) == length, f"{len(body)} bytes after the head, {length} announced: {raw!r}"
+    return status, headers, json.loads(body) if body else None
+
+
+HOST = b"Host: 127.0.0.1\r\n"
+MANY_PARAMS = b"&".join(b"p%d=1" % i for i in range(1500))
+REFUSALS = {
+    "2 GB Content-Length on /": (
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 2147483648\r\n\r\n",
+        413, "payload_too_large"),
+    "2 GB Content-Length on a feed": (
+        b"GET /ws/products HTTP/1.1\r\n" + HOST + b"Content-Length: 2147483648\r\n\r\n",
+        413, "payload_too_large"),
+    "1,500 query parameters": (
+        b"GET /api/products?" + MANY_PARAMS + b" HTTP/1.1\r\n" + HOST + b"\r\n",
+        400, "bad_request"),
+    "1,500 query parameters on a feed": (
+        b"GET /ws/products?" + MANY_PARAMS + b" HTTP/1.1\r\n" + HOST
+        + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400, "bad_request"),
+    "malformed request line": (b"GARBAGE\r\n" + HOST + b"\r\n", 400, "bad_request"),
+    "request line without a version": (b"GET /api/products\r\n" + HOST + b"\r\n",
+                                       400, "bad_request"),
+    "unknown HTTP version": (b"GET /api/products HTTP/2.0\r\n" + HOST + b"\r\n",
+                             505, "http_version_not_supported"),
+    "missing Host": (b"GET /api/products HTTP/1.1\r\n\r\n", 400, "bad_request"),
+    "malformed header line": (b"GET /api/products HTTP/1.1\r\n" + HOST + b"No colon here\r\n\r\n",
+                              400, "bad_request"),
+    "unequal Content-Lengths": (
+        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 1, 2\r\n\r\nx", 400, "bad_request"),
+    "over-long header": (
+        b"GET /api/products HTTP/1.1\r\n" + HOST + b"X-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        431, "request_header_fields_too_large"),
+    "over-long query": (
+        b"GET /api/products?name=eq." + b"a" * 70_000 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
+        414, "uri_too_long"),
+    "over-long feed query": (
+        b"GET /ws/products?name=eq." + b"a" * 70_000 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
+        414, "uri_too_long"),
+    "malformed chunked body": (
+        b"POST /api/products HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "bad_request"),
+}
+
+
+@sqlite_only
+@settings(None)
+@pytest.mark.parametrize("name", list(REFUSALS))
+@pytest.mark.gen_test(timeout=30)
+async def test_tornado_refusals_answer_the_json_error(limited, name):
+    server = limited
+    data, status, code = REFUSALS[name]
+    raw = await in_thread(raw_http, port_of(server), data)
+    assert raw, "no answer at all"
+    got, headers, body = parse_answer(raw)
+    assert got == status, raw[:300]
+    assert headers["content-type"].startswith("application/json")
+    assert headers["connection"] == "close"
+    assert body["error"]["status"] == status and body["error"]["code"] == code
+    assert body["error"]["message"]
+    # the server goes on serving
+    assert (await server.get("/api/products/1")).status == 200
+
+
+@sqlite_only
+@settings(None)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_handler_answer_is_not_followed_by_another(limited):
+    """/api streams bodies: its own 413 goes out, and nothing after it."""
+    server = limited
+    raw = await in_thread(raw_http, port_of(server),
+                          b"POST /api/products HTTP/1.1\r\n" + HOST
+                          + b"Content-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n")
+    status, _, body = parse_answer(raw)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+
+
+@sqlite_only
+@settings(None)
+@pytest.mark.gen_test(timeout=30)
+async def test_limits_keep_what_was_accepted_before(limited):
+    """A head just under the limit, 1,000 parameters and keep-alive still work; a head past
+    the hard limit is cut off unanswered, as documented."""
+    server = limited
+    port = port_of(server)
+    query = b"&".join(b"p%d=1" % i for i in range(999))
+    # unknown parameters are a 400 of the API, not of the HTTP layer
+    raw = await in_thread(raw_http, port, b"GET /api/products?" + query + b" HTTP/1.1\r\n" + HOST
+                          + b"Connection: close\r\n\r\n")
+    status, _, body = parse_answer(raw)
+    assert status == 400 and "p0" in body["error"]["message"] + json.dumps(body["error"])
+    pad = b"X-Pad: " + b"a" * (60_000) + b"\r\n"
+    two = (b"GET /api/products/1 HTTP/1.1\r\n" + HOST + pad + b"\r\n"
+           + b"GET /api/products/2 HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n")
+    raw = await in_thread(raw_http, port, two)
+    assert raw.count(b"HTTP/1.1 200 OK") == 2
+    raw = await in_thread(raw_http, port, b"GET / HTTP/1.1\r\n" + HOST + b"X-Huge: "
+                          + b"a" * (HARD_HEAD_BYTES + 1000))
+    assert raw == b""
+
+
+@sqlite_only
+@settings(None)
+@pytest.mark.gen_test(timeout=30)
+async def test_refusals_never_log_header_values(limited, caplog):
+    server = limited
+    caplog.set_level(logging.DEBUG)
+    secret = b"Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2Vu.sig"
+    raw = await in_thread(raw_http, port_of(server), b"GET /api/products HTTP/1.1\r\n" + HOST
+                          + b"Authorization: " + secret + b"\x01\r\n\r\n")
+    status, _, body = parse_answer(raw)
+    assert status == 400
+    assert secret.decode() not in json.dumps(body)
+    assert "c2VjcmV0LXRva2Vu" not in caplog.text

@@ -529,3 +529,15 @@ async def test_feed_filters_columns_named_like_its_parameters(agenda):
     assert [m["pk"] for m in await other.changes(3)] == [1, 2, 3]
     client.close()
     other.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_deeply_nested_client_json_is_an_error_message_not_a_crash(server):
+    """Issue: "[" * 2000 made a RecursionError, a traceback and an aborted connection."""
+    client = await FeedClient.open(server, "/ws/products")
+    await client.conn.write_message("[" * 2000)
+    reply = await client.recv()
+    assert reply is not None and reply["type"] == "error", reply
+    await client.conn.write_message('{"type": "ping"}')
+    assert await client.recv() == {"type": "pong"}
+    client.close()

@@ -333,6 +333,103 @@ async def test_dropped_slow_client_resumes_with_since(small_queue):
     client.close()
 
 
+TORNADO_CLOSE_WAIT = 5.0  # how long Tornado itself waits for the answer to a close frame
+
+
+def read_to_close_frame(sock: socket.socket, data: bytes) -> bytes:
+    """Blocking: every byte up to and including the first close frame (or EOF)."""
+    sock.settimeout(TIMEOUT)
+    while True:
+        if close_code(parse_frames(data)) is not None:
+            return data
+        try:
+            chunk = sock.recv(1 << 16)
+        except (ConnectionResetError, TimeoutError):
+            chunk = b""
+        if not chunk:
+            return data
+        data += chunk
+
+
+def frame_sizes(data: bytes) -> int:
+    """How many bytes of ``data`` are whole frames (parse_frames drops a torn tail)."""
+    size = 0
+    for _, payload in parse_frames(data):
+        length = len(payload)
+        size += 2 + length + (2 if 126 <= length < 65536 else 8 if length >= 65536 else 0)
+    return size
+
+
+def read_some(sock: socket.socket, data: bytes, size: int) -> bytes:
+    """Blocking: read until ``size`` more bytes came (a client that reads a little)."""
+    sock.settimeout(TIMEOUT)
+    goal = len(data) + size
+    while len(data) < goal:
+        chunk = sock.recv(goal - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_every_client_dropped_for_backpressure_finds_1013_when_it_reads_late(small_queue):
+    """Issue 10 item 4: many clients read slowly, then stop, and are dropped; each one
+    that reads again long after (past Tornado's 5 s close wait) finds whole frames,
+    in order, then the 1013 close frame: what was queued for it (ours, and the
+    frames waiting in Tornado's write buffer) was dropped, never a frame partway,
+    and the connection was kept for it."""
+    server = small_queue
+    app = server.app
+    count = 60
+    port = port_of(server)
+    clients = [await in_thread(raw_connect, port, "/ws/products", 4096) for _ in range(count)]
+    await wait_for(lambda: app.connections.count() == count, what="every stalled client")
+    streams = [handler.ws_connection.stream for handler in app.connections.open]
+    published = 0
+
+    async def publish(frames: int) -> None:
+        nonlocal published
+        for _ in range(frames):
+            # frames of many sizes, so a socket fills in the middle of some
+            name = "x" * (50 + (published * 397) % 3000)
+            app.hub.publish(Change("products", "updated", 1, {"id": 1, "name": name}))
+            published += 1
+            if published % 40 == 0:
+                await asyncio.sleep(0.005)  # the writes go on between bursts
+
+    await publish(80)  # the kernel's buffers fill up
+    assert app.connections.count() == count
+    # each client reads a little, so the next batch of frames goes out, and stops
+    datas = await asyncio.gather(*[in_thread(read_some, sock, early, 30_000)
+                                   for sock, early in clients])
+    clients = [(sock, data) for (sock, _), data in zip(clients, datas, strict=True)]
+    waiting = 0
+    while app.connections.count() and published < 5_000:
+        waiting = max(waiting, max(len(stream._write_buffer) for stream in streams))
+        await publish(1)
+    assert app.connections.count() == 0
+    assert app.connections.dropped_by_backpressure == count
+    assert waiting > 20_000, "frames should have waited in Tornado's buffer"
+    # Behind the close frame waits at most the rest of one frame that had started.
+    for stream in streams:
+        assert len(stream._write_buffer) < 3200 + 200, len(stream._write_buffer)
+    await asyncio.sleep(TORNADO_CLOSE_WAIT + 1)  # the clients read late
+    datas = await asyncio.gather(*[in_thread(read_to_close_frame, sock, data)
+                                   for sock, data in clients])
+    for sock, _ in clients:
+        sock.close()
+    codes = [close_code(parse_frames(data)) for data in datas]
+    assert codes.count(1013) == count, f"{codes.count(1013)} of {count} found the 1013: {codes}"
+    for data in datas:
+        frames = parse_frames(data)
+        assert frame_sizes(data) == len(data), "a frame was cut partway"
+        assert frames[-1][0] == 0x8 and all(opcode == 0x1 for opcode, _ in frames[:-1])
+        texts = [json.loads(payload) for _, payload in frames[:-1]]
+        assert texts[0]["type"] == "hello"
+        assert [m["seq"] for m in texts[1:]] == list(range(1, len(texts)))
+
+
 @pytest.fixture
 def tiny_queue_big_ring(make_server):
     return make_server({"realtime": {"replay_buffer": 1000, "max_pending": 10}})
