@@ -11,8 +11,10 @@ keeps it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import peewee
@@ -27,10 +29,15 @@ log = logging.getLogger("pylight")
 
 _YEAR = r"[1-9][0-9]{3}"
 # Days up to 28 are valid in every month: the pattern allows no impossible date.
-_DATE = _YEAR + r"-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+_MONTH_DAY = r"-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+_DATE = _YEAR + _MONTH_DAY
+# A date-time given with an offset is converted to UTC (a column without a time
+# zone): years 1100 to 9899 stay within every database's range either way.
+_DATETIME_DATE = r"(1[1-9][0-9]{2}|[2-8][0-9]{3}|9[0-8][0-9]{2})" + _MONTH_DAY
 _TIME = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
 _OFFSET = r"(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])"
 _NO_NUL = r"^[^\u0000]*$"  # NUL cannot be stored as text by PostgreSQL
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
 # What a database gives back: ISO 8601, an offset only for zoned columns.
 _RESPONSE: dict[str, dict[str, Any]] = {
@@ -42,7 +49,8 @@ _RESPONSE: dict[str, dict[str, Any]] = {
     "text": {"type": "string"},
     "date": {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
              "description": "ISO 8601 date"},
-    "time": {"type": "string", "pattern": r"^[0-9]{2}:[0-9]{2}",
+    # MySQL's TIME is a duration too: -838:59:59 to 838:59:59.
+    "time": {"type": "string", "pattern": r"^-?[0-9]{2,3}:[0-9]{2}",
              "description": "ISO 8601 time"},
     "datetime": {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}",
                  "description": "ISO 8601 date-time; an offset only for columns with a time zone"},
@@ -52,15 +60,28 @@ _RESPONSE: dict[str, dict[str, Any]] = {
     "any": {},
     "duration": {"type": "string", "description": "ISO 8601 duration"},
 }
-_DURATION = (r"^-?P(?!$)(-?[0-9]+Y)?(-?[0-9]+M)?(-?[0-9]+W)?(-?[0-9]+D)?"
-             r"(T(?=-?[0-9])(-?[0-9]+H)?(-?[0-9]+M)?(-?[0-9]+(\.[0-9]+)?S)?)?$")
+# Requests: at most four digits a field, so every duration fits PostgreSQL's interval;
+# negative fields, not a negative whole (PostgreSQL reads P-1D, not -P1D).
+_DURATION = (r"^P(?!$)(-?[0-9]{1,4}Y)?(-?[0-9]{1,4}M)?(-?[0-9]{1,4}W)?(-?[0-9]{1,4}D)?"
+             r"(T(?=-?[0-9])(-?[0-9]{1,4}H)?(-?[0-9]{1,4}M)?(-?[0-9]{1,4}(\.[0-9]{1,6})?S)?)?$")
+
+# Shared schemas a backend's request schema may refer to ($ref).
+_ANY_NO_NUL = {"anyOf": [{"$ref": "#/components/schemas/JsonValueNoNul"},
+                        {"type": "string", "nullable": True, "enum": [None]}]}
+_SHARED: dict[str, dict[str, Any]] = {
+    "JsonValueNoNul": {
+        "description": "any JSON value whose strings hold no NUL character",
+        "anyOf": [{"type": "string", "pattern": _NO_NUL}, {"type": "number"}, {"type": "boolean"},
+                  {"type": "array", "items": _ANY_NO_NUL},
+                  {"type": "object", "additionalProperties": _ANY_NO_NUL}]},
+}
 
 # Integer widths by declared type (SQLite's INTEGER is always 64-bit).
 _INT_BITS = (("bigint", 64), ("int8", 64), ("mediumint", 24), ("smallint", 16), ("int2", 16),
              ("tinyint", 8), ("int", 32), ("serial", 32))
 
 
-def _int_range(column: ColumnInfo, sqlite: bool) -> tuple[int, int]:
+def _int_range(column: Any, sqlite: bool) -> tuple[int, int]:
     raw = column.raw_type.lower()
     if sqlite:
         return INT64_MIN, INT64_MAX
@@ -72,7 +93,33 @@ def _int_range(column: ColumnInfo, sqlite: bool) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def _decimal_request(column: ColumnInfo) -> dict[str, Any]:
+def _int_text(low: int, high: int) -> str:
+    """A pattern of the integers within [low, high] (no leading zeros), for keys and
+    filters, where a number is text."""
+    forms = [_up_to(high)] if high >= 0 else []
+    if low < 0:
+        forms.append("-" + _up_to(-low))
+    return "(" + "|".join(forms) + ")"
+
+
+def _up_to(limit: int) -> str:
+    """A pattern of 0 to ``limit`` in decimal, without leading zeros."""
+    text = str(limit)
+    forms = ["[0-9]" if len(text) > 1 else f"[0-{text}]"]
+    if len(text) > 2:  # every number of 2 to len-1 digits
+        forms.append(f"[1-9][0-9]{{1,{len(text) - 2}}}")
+    if len(text) > 1:  # as many digits as the limit: below it at one digit, equal before
+        for i, digit in enumerate(text):
+            least = 1 if i == 0 else 0
+            if int(digit) > least:
+                below = f"[{least}-{int(digit) - 1}]"
+                forms.append(text[:i] + below + ("[0-9]" * (len(text) - i - 1)))
+        forms.append(text)
+    return "(" + "|".join(forms) + ")"
+
+
+def _decimal_parts(column: Any) -> tuple[str, dict[str, Any]]:
+    """The decimal's text pattern (unanchored) and the JSON number schema it fits."""
     precision, scale = column.precision, column.scale
     if precision is None:
         digits, places = 30, 30
@@ -86,52 +133,144 @@ def _decimal_request(column: ColumnInfo) -> dict[str, Any]:
     if precision is not None:
         bound = 10**digits - 10**-places if places else 10**digits - 1
         number.update(minimum=-bound, maximum=bound)
-    return {"anyOf": [{"type": "string", "pattern": f"^-?{whole}{fraction}$"}, number],
+    return f"-?{whole}{fraction}", number
+
+
+def _decimal_request(column: Any) -> dict[str, Any]:
+    text, number = _decimal_parts(column)
+    return {"anyOf": [{"type": "string", "pattern": f"^{text}$"}, number],
             "description": "exact decimal, as a string or a number"}
 
 
-def _request_schema(column: ColumnInfo, sqlite: bool, max_length: int | None) -> dict[str, Any]:
+# A value's text, as keys and filters take it, where every value of the kind fits.
+_TEXT_FORMS = {
+    "float": r"-?[0-9]{1,6}(\.[0-9]{1,6})?",
+    "date": _DATE,
+    "uuid": _UUID,
+    "boolean": r"([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[tTfF01])",
+}
+
+
+def _text_form(column: Any, sqlite: bool, key: bool = False) -> str | None:
+    """A pattern (unanchored, without commas or slashes) of the text of values
+    ``column`` surely accepts in a filter or a ``key``; None where any text is
+    answered without an error (a 400 at worst) in a filter."""
     kind = column.kind
-    if column.enum is not None and kind == "text":
-        return {"type": "string", "enum": list(column.enum)}
-    if kind == "array":
-        return {"type": "array", "items": _items(column.items)}
-    if kind == "duration":
-        return {"type": "string", "pattern": _DURATION, "description": "ISO 8601 duration"}
-    if kind == "boolean" and _stores_numbers(column):
-        return {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": -128,
-                                                "maximum": 127}]}
     if kind == "integer":
-        low, high = column.bounds or _int_range(column, sqlite)
-        return {"type": "integer", "format": "int64", "minimum": low, "maximum": high}
+        return _int_text(*(column.bounds or _int_range(column, sqlite)))
     if kind == "decimal":
-        return _decimal_request(column)
-    if kind == "text":
-        schema: dict[str, Any] = {"type": "string", "pattern": _NO_NUL}
-        if max_length:
-            schema["maxLength"] = max_length
+        return _decimal_parts(column)[0]
+    if kind == "boolean" and _stores_numbers(column):
+        return rf"({_TEXT_FORMS['boolean']}|{_int_text(-128, 127)})"
+    if kind in _TEXT_FORMS:
+        return _TEXT_FORMS[kind]
+    if key and kind == "time":
+        return _TIME
+    if key and kind == "datetime":
+        return f"{_DATETIME_DATE}[T ]{_TIME}"
+    return None
+
+
+def _request_schema(column: Any, sqlite: bool, declared: _Declared | None) -> dict[str, Any]:
+    kind = column.kind
+    if column.request_schema is not None:
+        schema = dict(column.request_schema)
+    elif column.enum is not None and kind == "text":
+        schema = {"type": "string", "enum": list(column.enum)}
+    elif kind == "array":
+        schema = _array_request(column.items)
+    elif kind == "duration":
+        schema = {"type": "string", "pattern": _DURATION, "description": "ISO 8601 duration"}
+    elif kind == "boolean" and _stores_numbers(column):
+        schema = {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": -128,
+                                                  "maximum": 127}]}
+    elif kind == "integer":
+        low, high = column.bounds or _int_range(column, sqlite)
+        schema = {"type": "integer", "format": "int64", "minimum": low, "maximum": high}
+    elif kind == "decimal":
+        schema = _decimal_request(column)
+    elif kind == "text":
+        schema = {"type": "string", "pattern": _NO_NUL}
+    elif kind == "date":
+        schema = {"type": "string", "pattern": f"^{_DATE}$", "description": "ISO 8601 date"}
+    elif kind == "time":
+        schema = {"type": "string", "pattern": f"^{_TIME}{_OFFSET}?$",
+                  "description": "ISO 8601 time"}
+    elif kind == "datetime":
+        schema = {"type": "string", "pattern": f"^{_DATETIME_DATE}[T ]{_TIME}{_OFFSET}?$",
+                  "description": "ISO 8601 date-time; an offset is converted to UTC unless "
+                                 "the column keeps a time zone"}
+    elif kind == "float":
+        schema = {"type": "number"}
+    elif kind == "any":
+        schema = {"anyOf": [{"type": "string", "pattern": _NO_NUL}, {"type": "number"},
+                            {"type": "boolean"}]}
+    else:
+        schema = dict(_RESPONSE.get(kind, {}))
+    if declared is not None and declared.length is not None:
+        schema = _sized(schema, kind, declared)
+    return schema
+
+
+def _sized(schema: dict[str, Any], kind: str, declared: _Declared) -> dict[str, Any]:
+    """The declared length (VARCHAR(n), BINARY(n), BIT(n)) the database enforces."""
+    length = declared.length
+    if schema.get("type") != "string" or length is None:
         return schema
-    if kind == "date":
-        return {"type": "string", "pattern": f"^{_DATE}$", "description": "ISO 8601 date"}
-    if kind == "time":
-        return {"type": "string", "pattern": f"^{_TIME}{_OFFSET}?$", "description": "ISO 8601 time"}
-    if kind == "datetime":
-        return {"type": "string", "pattern": f"^{_DATE}[T ]{_TIME}{_OFFSET}?$",
-                "description": "ISO 8601 date-time; an offset is converted to UTC unless the "
-                               "column keeps a time zone"}
-    if kind == "float":
-        return {"type": "number"}
-    if kind == "any":
-        return {"anyOf": [{"type": "string", "pattern": _NO_NUL}, {"type": "number"},
-                          {"type": "boolean"}]}
-    return dict(_RESPONSE.get(kind, {}))
+    if kind == "binary":
+        # base64 of at most `length` bytes: whole groups of 3 bytes in 4 characters
+        return {**schema, "maxLength": 4 * (length // 3)}
+    if kind != "text":
+        return schema
+    schema = {**schema, "maxLength": length}
+    if declared.fixed:
+        schema["minLength"] = length
+    return schema
 
 
-def _response_schema(column: ColumnInfo) -> dict[str, Any]:
+# Elements surely valid for an array of each kind (PostgreSQL).
+_SAMPLES: dict[str, list[Any]] = {
+    "integer": [0, 1], "float": [0, 1.5], "decimal": ["0", "1"], "boolean": [True, False],
+    "text": ["", "a b"], "date": ["2000-01-01"], "time": ["12:00:00"],
+    "datetime": ["2000-01-01T00:00:00"], "uuid": ["00000000-0000-0000-0000-000000000000"],
+    "binary": ["", "AAE="], "duration": ["P1D", "PT1H"], "json": [{"a": [1]}, "x"],
+}
+
+
+def _array_request(ctype: Any) -> dict[str, Any]:
+    """What an array column (PostgreSQL's) takes, as a few valid arrays.
+
+    PostgreSQL reads any array nested in an array as one more dimension, so no schema
+    of the elements' types is exact (an element that is an array is not refused),
+    and an array of rows of different lengths is refused: only examples are exact.
+    """
+    samples: list[Any] = []
+    if ctype is not None:
+        if ctype.enum is not None:
+            samples = list(ctype.enum[:3])
+        elif ctype.request_schema is None:
+            samples = _SAMPLES.get(ctype.kind or "text", [])
+    examples: list[Any] = [[]]
+    if samples:
+        examples += [[samples[0]], [*samples, None], [[samples[0]], [samples[-1]]]]
+    # No `type` beside the enum: schemathesis reads `nullable` as another branch, whose
+    # wrong-type values include arrays.
+    return {"enum": examples,
+            "description": "an array of the element type; these are examples (nested "
+                           "arrays of equal lengths are more dimensions)"}
+
+
+def _response_schema(column: ColumnInfo, dialect: str) -> dict[str, Any]:
     if column.enum is not None and column.kind == "text":
         schema: dict[str, Any] = {"type": "string", "enum": list(column.enum)}
     elif column.kind == "array":
-        schema = {"type": "array", "items": _items(column.items)}
+        items = _items(column.items)
+        schema = {"type": "array", "items": items}
+        if dialect == "postgresql":
+            # Any PostgreSQL array may have more than one dimension ('{{1,2},{3,4}}').
+            schema = {"anyOf": [schema, {"type": "array", "items": {
+                "type": "array", "items": items}}, {"type": "array", "items": {
+                    "type": "array", "items": {"type": "array"}}}]}
     elif column.kind == "boolean" and _stores_numbers(column):
         schema = {"anyOf": [{"type": "boolean"}, {"type": "integer"}]}
     elif column.kind == "integer" and column.bounds is not None:
@@ -145,7 +284,7 @@ def _response_schema(column: ColumnInfo) -> dict[str, Any]:
     return schema
 
 
-def _stores_numbers(column: ColumnInfo) -> bool:
+def _stores_numbers(column: Any) -> bool:
     """A boolean that is an integer column underneath (MySQL's TINYINT(1))."""
     return "int" in column.raw_type.lower()
 
@@ -155,11 +294,10 @@ def _items(ctype: Any) -> dict[str, Any]:
     if ctype is None:
         return {}
     if ctype.enum is not None:
-        return {"type": "string", "enum": list(ctype.enum), "nullable": True}
+        return _or_null({"type": "string", "enum": list(ctype.enum)})
     if ctype.kind == "array":
-        return {"type": "array", "items": _items(ctype.items), "nullable": True}
-    schema = dict(_RESPONSE.get(ctype.kind or "text", {}))
-    return {**schema, "nullable": True} if schema else schema
+        return _or_null({"type": "array", "items": _items(ctype.items)})
+    return _or_null(dict(_RESPONSE.get(ctype.kind or "text", {})))
 
 
 def _loose(schema: dict[str, Any], column: ColumnInfo) -> dict[str, Any]:
@@ -169,44 +307,114 @@ def _loose(schema: dict[str, Any], column: ColumnInfo) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "string", "pattern": _NO_NUL}, {"type": "number"}]}
 
 
-def _nullable(schema: dict[str, Any], column: ColumnInfo) -> dict[str, Any]:
-    if column.nullable and schema:
-        schema = {**schema, "nullable": True}
+# OpenAPI 3.0.3 has no null type: `nullable` adds null only beside a `type`.
+_NULL = {"type": "string", "nullable": True, "enum": [None]}
+
+
+def _nullable(schema: dict[str, Any], column: Any) -> dict[str, Any]:
+    if column.nullable:
+        schema = _or_null(schema)
     return schema
 
 
-def _text_lengths(table: TableInfo) -> dict[str, int]:
-    """Declared lengths of the text columns (VARCHAR(n)) the database enforces, for maxLength.
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    if not schema:  # any value, null included
+        return schema
+    if "type" not in schema and "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    if "type" not in schema:  # anyOf, $ref: one more alternative
+        if "anyOf" in schema:
+            return {**schema, "anyOf": [*schema["anyOf"], _NULL]}
+        return {"anyOf": [schema, _NULL]}
+    schema = {**schema, "nullable": True}
+    if "enum" in schema and None not in schema["enum"]:
+        # nor to an enum, which must list it
+        schema["enum"] = [*schema["enum"], None]
+    return schema
 
-    PostgreSQL and MariaDB report them in information_schema (reflection does
-    not keep them). Asked once per document; none when they cannot be asked.
-    """
-    lengths: dict[str, int] = {}
+
+@dataclass(frozen=True)
+class _Declared:
+    """What the catalog says of a column beyond reflection."""
+
+    length: int | None = None  # the most characters (bytes for binary) it holds
+    fixed: bool = False  # exactly `length` (PostgreSQL's bit(n))
+    generated: bool = False  # the database fills it in (a sequence, identity, rowid)
+    #: An auto-increment counter that a large explicit value exhausts (MySQL's
+    #: AUTO_INCREMENT, SQLite's AUTOINCREMENT): every later insert would then fail.
+    counter: bool = False
+
+
+_PG_CATALOG = """
+SELECT c.column_name, c.data_type, c.character_maximum_length,
+       c.column_default LIKE 'nextval(%%' OR c.is_identity = 'YES', false,
+       (SELECT string_agg(k.check_clause, ' AND ')
+          FROM information_schema.domain_constraints d
+          JOIN information_schema.check_constraints k
+            ON k.constraint_schema = d.constraint_schema AND k.constraint_name = d.constraint_name
+         WHERE d.domain_schema = c.domain_schema AND d.domain_name = c.domain_name)
+FROM information_schema.columns c
+WHERE c.table_schema = current_schema() AND c.table_name = %s
+"""
+_LENGTH_CHECK = re.compile(r"(?:char_length|character_length|length)\(\(?VALUE\)?(?:::text)?\)"
+                           r"\s*(<=|<)\s*(\d+)")
+
+
+def _catalog(table: TableInfo) -> dict[str, _Declared] | None:
+    """Declared lengths (which reflection does not keep) and generated columns, from
+    the database's catalog; asked once per table and document, None when it cannot be."""
     db = table.model._meta.database
-    if isinstance(db, peewee.SqliteDatabase):
-        return lengths  # SQLite stores text of any length, whatever the declaration says
-    schema = "current_schema()" if isinstance(db, peewee.PostgresqlDatabase) else "DATABASE()"
     try:
         with db.connection_context():
-            rows = db.execute_sql(
-                "SELECT column_name, character_maximum_length FROM information_schema.columns "
-                f"WHERE table_schema = {schema} AND table_name = %s "
-                "AND character_maximum_length IS NOT NULL", (table.name,)).fetchall()
-    except Exception as exc:  # the document stays usable without the lengths
-        log.debug("no text lengths for %s: %s", table.name, exc)
-        return lengths
-    for name, length in rows:
-        column = table.columns.get(name)
-        if column is not None and column.kind == "text":
-            lengths[name] = int(length)
-    return lengths
+            if isinstance(db, peewee.SqliteDatabase):
+                return _sqlite_catalog(db, table)
+            if isinstance(db, peewee.PostgresqlDatabase):
+                rows = db.execute_sql(_PG_CATALOG, (table.name,)).fetchall()
+            else:
+                rows = db.execute_sql(
+                    "SELECT column_name, data_type, character_maximum_length, "
+                    "extra LIKE '%%auto_increment%%', "
+                    "extra LIKE '%%auto_increment%%', NULL FROM information_schema.columns "
+                    "WHERE table_schema = DATABASE() AND table_name = %s",
+                    (table.name,)).fetchall()
+    except Exception as exc:  # the document stays usable without it
+        log.debug("no catalog for %s: %s", table.name, exc)
+        return None
+    declared = {}
+    for name, data_type, length, generated, counter, checks in rows:
+        # A domain's CHECK (char_length(VALUE) <= 40) limits the length as VARCHAR(40) does.
+        limits = [int(n) - (op == "<") for op, n in _LENGTH_CHECK.findall(checks or "")]
+        if limits:
+            length = min([*limits, *([int(length)] if length is not None else [])])
+        declared[name] = _Declared(length=None if length is None else int(length),
+                                   fixed=str(data_type).lower() == "bit",
+                                   generated=bool(generated), counter=bool(counter))
+    return declared
 
 
-def _creatable_without(table: TableInfo, column: ColumnInfo) -> bool:
-    """Whether a create may leave ``column`` out: nullable, defaulted or a generated key."""
+def _sqlite_catalog(db: peewee.Database, table: TableInfo) -> dict[str, _Declared]:
+    # SQLite stores text of any length, whatever the declaration says; a rowid table's
+    # INTEGER PRIMARY KEY is the rowid, which SQLite fills in.
+    row = db.execute_sql("SELECT sql FROM sqlite_master WHERE name = ?",
+                         (table.name,)).fetchone()
+    sql = (row[0] if row else "") or ""
+    if len(table.primary_key) != 1 or re.search(r"\)\s*WITHOUT\s+ROWID", sql, re.I):
+        return {}
+    key = table.columns.get(table.primary_key[0])
+    if key is None or key.raw_type.strip().upper() != "INTEGER":
+        return {}
+    return {key.name: _Declared(generated=True,
+                                counter=bool(re.search(r"\bAUTOINCREMENT\b", sql, re.I)))}
+
+
+def _creatable_without(table: TableInfo, column: ColumnInfo,
+                       declared: dict[str, _Declared] | None) -> bool:
+    """Whether a create may leave ``column`` out: nullable, defaulted or generated."""
     if column.nullable or column.default is not None:
         return True
-    return table.primary_key == [column.name] and column.kind == "integer"
+    if declared is None:  # no catalog: an integer key is taken to be generated
+        return table.primary_key == [column.name] and column.kind == "integer"
+    return declared.get(column.name, _Declared()).generated
 
 
 def _error(description: str = "error", retry: bool = False) -> dict[str, Any]:
@@ -245,17 +453,34 @@ def _list_params(table: TableInfo) -> list[dict[str, Any]]:
     ]
 
 
-def _filter_schema(column: ColumnInfo) -> dict[str, Any]:
-    """A column filter: `value` or `op.value`, with the value's text form for the kind."""
-    value = {"integer": r"-?[0-9]{1,18}", "boolean": r"([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[tTfF01])",
-             "decimal": r"-?[0-9]{1,6}(\.[0-9]{1,2})?", "float": r"-?[0-9]{1,6}(\.[0-9]{1,6})?",
-             "date": _DATE}.get(column.kind)
-    if column.kind == "json":
-        return {"type": "string", "pattern": r"^(not\.)?is\.null$"}
+def _filter_schema(column: ColumnInfo, sqlite: bool) -> dict[str, Any]:
+    """A column filter: `value` or `op.value`, with the value's text form for the type."""
+    value = _text_form(column, sqlite)
     if value is None:
         return {"type": "string"}
-    ops = r"((not\.)?(eq|neq|gt|gte|lt|lte)\.)?"
+    # gt/gte/lt/lte only where the column offers them (a 400 elsewhere)
+    names = "eq|neq|gt|gte|lt|lte" if getattr(column, "range_filters", True) else "eq|neq"
+    ops = rf"((not\.)?({names})\.)?"
     return {"type": "string", "pattern": rf"^({ops}{value}|(not\.)?is\.null)$"}
+
+
+def _key_schema(table: TableInfo, sqlite: bool) -> dict[str, Any]:
+    """The `pk` path parameter: the key's value, or its values joined by commas."""
+    columns = [table.columns[c] for c in table.primary_key]
+    if len(columns) == 1 and columns[0].kind == "integer":
+        low, high = columns[0].bounds or _int_range(columns[0], sqlite)
+        return {"type": "integer", "format": "int64", "minimum": low, "maximum": high}
+    parts = []
+    for column in columns:
+        form = _text_form(column, sqlite, key=True)
+        if form is None:
+            # any text but a comma (it separates key values) or a slash; not `.` or `..`
+            # alone, which a client resolves as a path
+            form = r"([^./\u0000,]|\.[^./\u0000,]|\.\.[^/\u0000,])[^/\u0000,]*"
+            if len(columns) == 1:
+                form = form.replace(",", "")
+        parts.append(form)
+    return {"type": "string", "minLength": 1, "pattern": "^" + ",".join(parts) + "$"}
 
 
 def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
@@ -267,13 +492,20 @@ def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
                            "message": {"type": "string"}, "details": {"type": "object"}}}}},
     }
     for name, table in tables.items():
-        sqlite = isinstance(table.model._meta.database, peewee.SqliteDatabase)
-        lengths = _text_lengths(table) if table.writable else {}
-        response_props = {c: _nullable(_response_schema(col), col)
+        db = table.model._meta.database
+        sqlite = isinstance(db, peewee.SqliteDatabase)
+        dialect = ("sqlite" if sqlite else
+                   "postgresql" if isinstance(db, peewee.PostgresqlDatabase) else "mysql")
+        declared = _catalog(table) if table.writable else None
+        response_props = {c: _nullable(_response_schema(col, dialect), col)
                           for c, col in table.columns.items()}
-        # Read-only columns (generated, types Pylight cannot write) are not in requests.
-        request_props = {c: _nullable(_request_schema(col, sqlite, lengths.get(c)), col)
-                         for c, col in table.columns.items() if col.read_only is None}
+        # Read-only columns (generated, types Pylight cannot write) are not in requests,
+        # nor is a key whose auto-increment counter an explicit value could exhaust
+        # (the database fills it in; it can still be given).
+        request_props = {
+            c: _nullable(_request_schema(col, sqlite, (declared or {}).get(c)), col)
+            for c, col in table.columns.items()
+            if col.read_only is None and not (declared or {}).get(c, _Declared()).counter}
         # A record as returned: every visible column, nothing else.
         schemas[name] = {"type": "object", "properties": response_props,
                          "required": list(table.columns), "additionalProperties": False}
@@ -282,7 +514,8 @@ def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
                                    "additionalProperties": False}
         ref = {"$ref": f"#/components/schemas/{name}"}
         json_record = {"application/json": {"schema": ref}}
-        filters = [{"name": c, "in": "query", "required": False, "schema": _filter_schema(col),
+        filters = [{"name": c, "in": "query", "required": False,
+                    "schema": _filter_schema(col, sqlite),
                     "description": "filter: value or op.value"}
                    for c, col in table.columns.items() if c not in ("limit", "offset", "order",
                                                                      "select", "after", "count",
@@ -303,7 +536,7 @@ def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
         single_key = len(table.primary_key) == 1
         if table.writable:
             required = [c for c, col in table.columns.items()
-                        if not _creatable_without(table, col)]
+                        if c in request_props and not _creatable_without(table, col, declared)]
             create: dict[str, Any] = {"type": "object", "properties": request_props,
                                       "additionalProperties": False}
             if required:
@@ -335,13 +568,8 @@ def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
                 "responses": {"201": created, **_errors(400, 409, 413, 415, 422)}}
         paths[f"{prefix}/{name}"] = collection
         if table.has_key:
-            if single_key:
-                column = table.columns[table.primary_key[0]]
-                key_schema = (_request_schema(column, sqlite, None) if column.kind == "integer"
-                              else {"type": "string", "minLength": 1, "pattern": r"^[^/\u0000]+$"})
-            else:
-                key_schema = {"type": "string", "minLength": 1}
-            key = {"name": "pk", "in": "path", "required": True, "schema": key_schema,
+            key = {"name": "pk", "in": "path", "required": True,
+                   "schema": _key_schema(table, sqlite),
                    "description": "the key; for a composite key, values joined by commas"}
             item: dict[str, Any] = {"parameters": [key], "get": {
                 "summary": f"Get one row of {name}", "operationId": f"get_{name}",
@@ -371,9 +599,15 @@ def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
                                                       "parameters": again}}},
                                                 **_errors(400, 404, 409)}}
             paths[f"{prefix}/{name}/{{pk}}"] = item
-    return {
+    document = {
         "openapi": "3.0.3",
         "info": {"title": "Pylight API", "version": __version__},
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    # Schemas that backends' request schemas refer to, where one does.
+    text = json.dumps(schemas)
+    for shared, schema in _SHARED.items():
+        if f'"#/components/schemas/{shared}"' in text:
+            schemas[shared] = schema
+    return document

@@ -44,7 +44,9 @@ class ColumnInfo:
     bounds: tuple[int, int] | None = None
     read: Callable[[Any], Any] | None = field(repr=False, default=None)
     loose: bool = False  # values of any type are kept (see types.ColumnType)
+    request_schema: dict[str, Any] | None = None  # what a write accepts (types.ColumnType)
     compare_key: Callable[[Any], Any] | None = field(repr=False, default=None)
+    range_filters: bool = True  # gt/lt filters offered (see types.ColumnType)
 
     @property
     def selected(self) -> Any:
@@ -182,7 +184,9 @@ def _column_info(name: str, column: Any, fld: peewee.Field, ctype: ColumnType,
         bounds=ctype.bounds,
         read=ctype.read,
         loose=ctype.loose,
+        request_schema=ctype.request_schema,
         compare_key=ctype.compare_key,
+        range_filters=ctype.range_filters and ctype.orderable and kind != "json",
         api_type=ctype.api_type or API_TYPES.get(kind, "any"),
         read_only=ctype.read_only,
         enum=ctype.enum,

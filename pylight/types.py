@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as _field
 from typing import Any
 
 import peewee
@@ -67,6 +68,14 @@ class ColumnType:
     #: What the filters of WebSocket feeds, evaluated in Python, compare for a value
     #: of this column, so they agree with ``compare`` in SQL; None: the value itself.
     compare_key: Callable[[Any], Any] | None = None
+    #: gt/gte/lt/lte filters are offered: only where a feed can evaluate them as the
+    #: database orders the type (not for a MariaDB UUID or a PostgreSQL inet, whose
+    #: orders are the database's own; ORDER BY still works).
+    range_filters: bool = True
+    #: A JSON schema of what a write surely accepts (the OpenAPI request schema), for
+    #: types whose valid text the kind does not describe (an inet, a range, WKT);
+    #: None: derived from the kind.
+    request_schema: dict[str, Any] | None = _field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,62 @@ _MEMBER = re.compile(r"'((?:[^']|'')*)'")
 _WIDTH = re.compile(r"\((\d+)\)")
 _TIME = re.compile(r"-?[0-9]{1,3}:[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?")
 _INT_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "bigint": 64}
+_LOGGED = {"BLOB": "HEX({})", "BIT": "CAST({} AS UNSIGNED)", "GEOMETRY": "ST_AsText({})",
+           "FLOAT": "CAST({} AS DOUBLE)"}
 _SPATIAL = {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
             "multipolygon", "geometrycollection"}
+
+
+# -- what a write surely accepts (the OpenAPI request schemas) -------------------------
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_HEX4 = "[0-9a-f]{1,4}"
+_XY = r"-?[0-9]{1,3}(\.[0-9]{1,2})? -?[0-9]{1,3}(\.[0-9]{1,2})?"
+_LINE = rf"\({_XY},{_XY}(,{_XY})?\)"
+# A closed ring of three distinct corners.
+_RING = r"\(0 0,[1-9][0-9]? 0,[0-9]{1,2} [1-9][0-9]?,0 0\)"
+_WKT = {
+    "point": rf"POINT\({_XY}\)",
+    "linestring": f"LINESTRING{_LINE}",
+    "polygon": rf"POLYGON\({_RING}\)",
+    "multipoint": rf"MULTIPOINT\({_XY}(,{_XY})?\)",
+    "multilinestring": rf"MULTILINESTRING\({_LINE}(,{_LINE})?\)",
+    "multipolygon": rf"MULTIPOLYGON\(\({_RING}\)\)",
+    "geometrycollection": rf"GEOMETRYCOLLECTION\(POINT\({_XY}\)(,LINESTRING{_LINE})?\)",
+}
+_WKT["geometry"] = "|".join(_WKT[t] for t in ("point", "linestring", "polygon"))
+_DAY = r"-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+_CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+_ZONE = r"(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?"
+_REQUEST: dict[str, dict[str, Any]] = {
+    "inet4": {"type": "string", "pattern": rf"^{_OCTET}(\.{_OCTET}){{3}}$",
+              "description": "an IPv4 address"},
+    "inet6": {"type": "string", "pattern": rf"^(({_HEX4}:){{7}}{_HEX4}|::({_HEX4}(:{_HEX4}){{0,5}})?)$",
+              "description": "an IPv6 address"},
+    # TIME is a duration too, -838:59:59 to 838:59:59; a time of day may carry an offset.
+    "time": {"type": "string", "pattern": r"^((-([0-9]{1,2}|[1-7][0-9]{2}|8[0-2][0-9]|83[0-7])|"
+                                          r"2[4-9]|[3-9][0-9]|[1-7][0-9]{2}|8[0-2][0-9]|83[0-7])"
+                                          r":[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?|"
+                                          rf"{_CLOCK}{_ZONE})$",
+             "description": "a time of day (ISO 8601) or hours up to 838"},
+    # TIMESTAMP holds 1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC.
+    "timestamp": {"type": "string",
+                  "pattern": rf"^(197[1-9]|19[89][0-9]|20[0-2][0-9]|203[0-7]){_DAY}[T ]{_CLOCK}{_ZONE}$",
+                  "description": "ISO 8601 date-time between 1970 and 2038"},
+    # YEAR: 1901 to 2155, or 0 to 99 (0000, 2001-2069 and 1970-1999).
+    "year": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 99},
+                       {"type": "integer", "minimum": 1901, "maximum": 2155}]},
+    # FLOAT: up to the largest single-precision number (smaller ones round to 0).
+    "float": {"type": "number", "minimum": -3.4028234663852886e38,
+              "maximum": 3.4028234663852886e38},
+    **{name: {"type": "string", "pattern": f"^({wkt})$", "description": "WKT"}
+       for name, wkt in _WKT.items()},
+}
+
+
+class GeometryField(peewee.TextField):
+    """A spatial column, read and written as WKT text."""
+
+    field_type = "GEOMETRY"
 
 
 class BitField(peewee.Field):
@@ -82,7 +136,10 @@ def _set_field(members: tuple[str, ...]) -> type[peewee.Field]:
 
 
 def _time_text(value: Any) -> Any:
-    """MySQL TIME spans -838:59:59 to 838:59:59: the driver gives a timedelta."""
+    """MySQL TIME spans -838:59:59 to 838:59:59: the driver gives a timedelta (the
+    change log gives its text, "838:59:59.000000")."""
+    if isinstance(value, str) and _TIME.fullmatch(value):
+        value = _time_delta(value)
     if not isinstance(value, datetime.timedelta):
         return value.isoformat() if hasattr(value, "isoformat") else value
     sign = "-" if value < datetime.timedelta(0) else ""
@@ -94,6 +151,13 @@ def _time_text(value: Any) -> Any:
 
 
 _TIME_OF_DAY = coercer("time")
+
+
+def _time_delta(text: str) -> datetime.timedelta:
+    sign = -1 if text.startswith("-") else 1
+    hours, minutes, *rest = text.lstrip("-").split(":")
+    seconds = float(rest[0]) if rest else 0.0
+    return sign * datetime.timedelta(hours=int(hours), minutes=int(minutes), seconds=seconds)
 
 
 def _time_value(value: Any) -> Any:
@@ -127,21 +191,26 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
         bit = {member: 1 << i for i, member in enumerate(members)}
         return ColumnType(field=_set_field(members), kind="array",
                           items=ColumnType(kind="text", enum=members),
-                          sort_key=SortKey(_plus_zero, lambda v: sum(bit.get(m, 0) for m in v)))
+                          sort_key=SortKey(_plus_zero, lambda v: sum(bit.get(m, 0) for m in v)),
+                          request_schema={"type": "array", "items": {"type": "string",
+                                                                     "enum": list(members)}})
     if data_type == "bit":
         width = int(_WIDTH.search(column_type).group(1)) if _WIDTH.search(column_type) else 1
         return ColumnType(field=BitField, kind="integer", bounds=(0, 2**width - 1))
     if data_type == "year":
-        return ColumnType(field=peewee.IntegerField, kind="integer", bounds=(0, 2155))
+        return ColumnType(field=peewee.IntegerField, kind="integer", bounds=(0, 2155),
+                          request_schema=_REQUEST["year"])
     if data_type == "time":
-        return ColumnType(field=peewee.Field, kind="time", coerce=_time_value, encode=_time_text)
+        return ColumnType(field=peewee.Field, kind="time", coerce=_time_value, encode=_time_text,
+                          request_schema=_REQUEST["time"])
     if data_type in _SPATIAL:
         # Read and written as WKT; ordered and compared as WKT too, so a cursor
         # holds exactly what a GET shows.
-        return ColumnType(field=peewee.TextField, kind="text", api_type="string",
+        return ColumnType(field=GeometryField, kind="text", api_type="string",
                           read=peewee.fn.ST_AsText, to_db=peewee.fn.ST_GeomFromText,
                           compare=peewee.fn.ST_AsText,
-                          sort_key=SortKey(peewee.fn.ST_AsText, _same))
+                          sort_key=SortKey(peewee.fn.ST_AsText, _same),
+                          request_schema=_REQUEST[data_type])
     if data_type == "tinyint" and column_type.startswith("tinyint(1)"):
         # BOOLEAN is TINYINT(1), which holds any small integer: 0 and 1 are served
         # as false and true, other values as the numbers they are.
@@ -151,11 +220,13 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
         # as 16777200): read it as a double and serve the shortest decimal that is
         # the same FLOAT; filters and cursors compare with the value cast to FLOAT.
         return ColumnType(kind="float", read=_as_double, encode=_shortest_float32,
-                          compare=_as_float)
+                          compare=_as_float, request_schema=_REQUEST["float"])
     if data_type == "uuid":
         return ColumnType(field=peewee.TextField, kind="uuid", like_as_text=True)
     if data_type in ("inet4", "inet6"):
-        return ColumnType(field=peewee.TextField, kind="text")
+        return ColumnType(field=peewee.TextField, kind="text", request_schema=_REQUEST[data_type])
+    if data_type == "timestamp":
+        return ColumnType(request_schema=_REQUEST["timestamp"])
     bounds = _int_bounds(data_type, column_type)
     if bounds is not None:
         return ColumnType(field=peewee.BigIntegerField, kind="integer", bounds=bounds)
@@ -310,11 +381,14 @@ class MysqlBackend(Backend):
 
     def capture_triggers(self, table: str, columns: list[tuple[str, str]],
                          key: list[str]) -> dict[str, tuple[str, list[str]]]:
-        kinds = dict(columns)
+        types = dict(columns)
 
         def value(row: str, name: str) -> str:
+            # Logged in the form a read gives: JSON_OBJECT would write BIT and
+            # geometry bytes raw (invalid JSON, or text the log column refuses) and
+            # a FLOAT with 6 digits.
             ref = f"{row}.{_ident(name)}"
-            return f"HEX({ref})" if kinds.get(name) == "binary" else ref
+            return _LOGGED.get(types.get(name, ""), "{}").format(ref)
 
         triggers = {}
         inserts = change_log_inserts(table, columns, key, value, _literal, "JSON_OBJECT",

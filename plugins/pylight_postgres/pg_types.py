@@ -62,6 +62,97 @@ _KINDS = {"numeric": "decimal", "bool": "boolean", "date": "date", "time": "time
           "timetz": "time", "timestamp": "datetime", "timestamptz": "datetime",
           "bytea": "binary", "uuid": "uuid"}
 
+# -- what a write surely accepts (the OpenAPI request schemas) -------------------------
+#
+# Simple shapes that are valid whatever is generated from them: a range's lower
+# bound is always below its upper one (four digits against five, a year 1xxx
+# against 2xxx), a cidr has no bits set past its mask, a line's A is never 0.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
+_HEX2 = "[0-9a-fA-F]{2}"
+_COORD = r"-?[0-9]{1,3}(\.[0-9]{1,2})?"
+_PAIR = rf"\({_COORD},{_COORD}\)"
+_PAIRS = rf"{_PAIR}(,{_PAIR}){{0,3}}"
+_MONTH_DAY = r"-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+_CLOCK = r"( ([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?)?"
+_LOWER_UPPER = {
+    "int": (r"-?[0-9]{1,4}", r"[1-9][0-9]{4}"),
+    "num": (r"-?[0-9]{1,4}(\.[0-9]{1,2})?", r"[1-9][0-9]{4}(\.[0-9]{1,2})?"),
+    "date": (rf"1[0-9]{{3}}{_MONTH_DAY}", rf"2[0-9]{{3}}{_MONTH_DAY}"),
+    "ts": (rf"1[0-9]{{3}}{_MONTH_DAY}{_CLOCK}", rf"2[0-9]{{3}}{_MONTH_DAY}{_CLOCK}"),
+}
+
+
+def _range(bounds: str) -> str:
+    lower, upper = _LOWER_UPPER[bounds]
+    return rf"[\[(]({lower})?,({upper})?[\])]"
+
+
+def _text(pattern: str, description: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": f"^({pattern})$", "description": description}
+
+
+# Character data: no markup, no characters XML forbids.
+_XML_TEXT = r"[^<&\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]*"
+# Text search input, as PostgreSQL's parsers read it: lexemes (plain, escaped or quoted)
+# apart by whitespace; a document's with positions, a query's joined by operators
+# (parentheses one level deep).
+_SPACE = r" \t\n\r\x0b\x0c\u1680\u2000-\u2006\u2008-\u200a\u2028\u2029\u205f\u3000"
+_S = f"[{_SPACE}]"
+_ESC = r"\\[^\u0000]"
+_POSITIONS = r"(:[1-9][0-9]{0,3}[A-Da-d*]?(,[1-9][0-9]{0,3}[A-Da-d*]?)*)?"
+_LEXEME = (rf"(([^{_SPACE}'\\\u0000]|{_ESC})([^{_SPACE}\\:\u0000]|{_ESC})*"
+           rf"|'([^'\\\u0000]|''|{_ESC})+')")
+_TSVECTOR = rf"{_S}*({_LEXEME}{_POSITIONS}({_S}+{_LEXEME}{_POSITIONS})*)?{_S}*"
+_OPS = "!&|()<"
+_OPERAND = (rf"(([^{_SPACE}{_OPS}':\\\u0000]|{_ESC})([^{_SPACE}{_OPS}:\\\u0000]|{_ESC})*"
+            rf"|'([^'\\\u0000]|''|{_ESC})+')(:[A-Da-d*]{{0,3}})?")
+_OPERATOR = rf"{_S}*(&|\||<->|<[1-9][0-9]{{0,2}}>){_S}*"
+_TERM = rf"(!{_S}*){{0,3}}{_OPERAND}"
+_GROUP = rf"(!{_S}*){{0,3}}({_OPERAND}|\({_S}*{_TERM}({_OPERATOR}{_TERM})*{_S}*\))"
+_TSQUERY = rf"{_S}*({_GROUP}({_OPERATOR}{_GROUP})*)?{_S}*"
+_RANGES = {"int4": "int", "int8": "int", "num": "num", "date": "date", "ts": "ts", "tstz": "ts"}
+_REQUEST: dict[str, dict[str, Any]] = {
+    "inet": _text(rf"{_IPV4}(/([0-9]|[12][0-9]|3[0-2]))?", "an IPv4 address, a mask optional"),
+    # (classful: '10' is 10.0.0.0/8)
+    "cidr": _text(rf"{_OCTET}\.0\.0\.0/8|{_OCTET}\.{_OCTET}\.0\.0/16|"
+                  rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.0/24|{_IPV4}/32|{_OCTET}(\.{_OCTET}){{0,3}}",
+                  "an IPv4 network, no bits set past its mask"),
+    "macaddr": _text(rf"{_HEX2}(:{_HEX2}){{5}}", "a MAC address"),
+    "macaddr8": _text(rf"{_HEX2}(:{_HEX2}){{7}}", "an EUI-64 MAC address"),
+    "bit": _text("[01]*", "a bit string of the column's length"),
+    "varbit": _text("[01]*|[bB][01]*", "a bit string"),
+    "money": _text(r"[ \t\n\r\x0b\x0c]*[(+-]?\$?[0-9,]{0,12}(\.[0-9]{0,2})?\)?[ \t\n\r\x0b\x0c]*",
+                   "an amount"),
+    "pg_lsn": _text("[0-9A-F]{1,8}/[0-9A-F]{1,8}", "a WAL location"),
+    "point": _text(_PAIR, "(x,y)"),
+    "line": _text(r"\{[1-9][0-9]{0,2},-?[0-9]{1,3},-?[0-9]{1,3}\}", "{A,B,C}: Ax + By + C = 0"),
+    "lseg": _text(rf"\[{_PAIR},{_PAIR}\]", "[(x1,y1),(x2,y2)]"),
+    "box": _text(rf"{_PAIR},{_PAIR}", "(x1,y1),(x2,y2)"),
+    "path": _text(rf"\[{_PAIRS}\]|\({_PAIR}(,{_PAIR}){{1,3}}\)",
+                  "[(x1,y1),...] open or ((x1,y1),...) closed"),
+    "polygon": _text(rf"\({_PAIRS}\)", "((x1,y1),...)"),
+    "circle": _text(rf"<{_PAIR},[0-9]{{1,3}}(\.[0-9]{{1,2}})?>", "<(x,y),r>"),
+    "xml": _text(rf"{_XML_TEXT}|<p>{_XML_TEXT}</p>", "XML content"),
+    "tsvector": _text(_TSVECTOR, "a text search document: lexemes, positions"),
+    "tsquery": _text(_TSQUERY, "a text search query: lexemes and operators"),
+    **{f"{name}range": _text(rf"empty|{_range(bounds)}", "a range, lower bound first")
+       for name, bounds in _RANGES.items()},
+    **{f"{name}multirange": _text(rf"\{{({_range(bounds)}(,{_range(bounds)})?)?\}}",
+                                  "ranges, lower bounds first")
+       for name, bounds in _RANGES.items()},
+}
+# jsonb: any JSON whose strings hold no NUL (jsonb cannot; json can); the shared
+# schema is defined by pylight/openapi.py.
+_JSON = {"anyOf": [{"$ref": "#/components/schemas/JsonValueNoNul"}]}
+# real: PostgreSQL refuses what overflows or underflows single precision (a number's
+# shortest text read as a float: past 3.4028235677973366e38, or below 7.006492321624087e-46
+# but not 0).
+_REAL_MIN, _REAL_MAX = 7.006492321624087e-46, 3.4028235677973366e38
+_REAL = {"anyOf": [{"type": "number", "minimum": _REAL_MIN, "maximum": _REAL_MAX},
+                   {"type": "number", "minimum": -_REAL_MAX, "maximum": -_REAL_MIN}, {"enum": [0]}],
+         "description": "a single-precision number"}
+
 _COLUMNS = """
 SELECT a.attname, b.typname, b.typtype, b.typcategory, a.attgenerated, a.attidentity,
        b.oid, e.typname, e.typtype, e.oid
@@ -127,7 +218,8 @@ def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> 
     if type_name == "float4":
         # Single precision: 0.1 in a real is not the double 0.1, so a filter or a
         # cursor compares with the value cast to real.
-        return ColumnType(field=peewee.FloatField, kind="float", compare=_as_real)
+        return ColumnType(field=peewee.FloatField, kind="float", compare=_as_real,
+                          request_schema=_REAL)
     if type_name == "float8":
         return ColumnType(field=peewee.DoubleField, kind="float")
     if type_name in _TEXTS:
@@ -138,14 +230,15 @@ def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> 
     if type_name == "json":  # no ordering; compared as jsonb (by value)
         return ColumnType(kind="json", compare=_as_jsonb, orderable=False)
     if type_name == "jsonb":
-        return ColumnType(kind="json", compare=_as_jsonb)
+        return ColumnType(kind="json", compare=_as_jsonb, request_schema=_JSON)
     if type_name == "interval":
         return ColumnType(field=peewee.Field, kind="duration", like_as_text=True)
     # Everything else (money, inet, cidr, macaddr, bit strings, ranges, xml, tsvector,
     # geometry, pg_lsn ...) as PostgreSQL's own text.
     return ColumnType(field=peewee.TextField, kind="text", api_type="string",
                       orderable=type_name not in _UNORDERED, like_as_text=True,
-                      compare=_as_text if type_name in _COMPARE_AS_TEXT else None)
+                      compare=_as_text if type_name in _COMPARE_AS_TEXT else None,
+                      request_schema=_REQUEST.get(type_name))
 
 
 def _as_real(node: Any) -> Any:
