@@ -97,7 +97,10 @@ class CollectionHandler(TableHandler):
             rows = auth.row_filter(self.identity, table)
             if rows is not None:
                 q.where = ql.Group((q.where, rows))
-        page = await self.app.db.read(store.list_rows, table, self.app.backend, q)
+        try:
+            page = await self.app.db.read(store.list_rows, table, self.app.backend, q)
+        except ApiError as error:
+            raise _as_query_error(error, arguments) from None
         link = None
         drop = dict.fromkeys(ignore)
         if page.after is not None:
@@ -263,6 +266,21 @@ class OpenApiHandler(SchemaHandler):
 
 
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"\s*$')
+
+
+def _as_query_error(error: ApiError, arguments: dict[str, Any]) -> ApiError:
+    """A value the database refused while reading is a filter value that does not fit
+    its column (a PostgreSQL inet given "abc"): a 400 naming the parameter."""
+    if error.status != 422:
+        return error
+    match = _QUOTED.search(error.message)
+    quoted = match.group(1) if match else None
+    names = [name for name, raw in arguments.items() if quoted is not None and any(
+        quoted in (item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item))
+        for item in raw)]
+    if len(names) == 1:
+        return bad_request(f"{names[0]}: {error.message}", parameter=names[0])
+    return bad_request(f"a filter value does not fit its column: {error.message}")
 
 
 def _blame_column(error: ApiError, table: TableInfo, rows: list[dict[str, Any]]) -> ApiError:

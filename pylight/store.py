@@ -11,7 +11,7 @@ import peewee
 from pylight import query as ql
 from pylight.auth import forbidden
 from pylight.backend import Backend
-from pylight.errors import not_found
+from pylight.errors import not_found, unprocessable
 from pylight.hub import Change
 from pylight.schema import TableInfo
 
@@ -241,6 +241,15 @@ def _values(table: TableInfo, data: dict[str, Any]) -> dict[peewee.Field, Any]:
     return {table.columns[name].field: value for name, value in data.items()}
 
 
+def _kept(table: TableInfo, data: dict[str, Any], record: dict[str, Any]) -> None:
+    """Refuse (and so roll back) a write whose row reads back NULL where a value was
+    given: the database dropped it (MariaDB stores text that is not WKT as NULL)."""
+    for name, value in data.items():
+        if value is not None and name in record and record[name] is None:
+            raise unprocessable(f"column {name!r}: the database could not store the value "
+                                f"given (it reads back as null)", column=name)
+
+
 def _check(table: TableInfo, check: RowCheck | None, record: dict[str, Any] | None) -> None:
     """Refuse (and so roll back) a write whose row falls outside the caller's row filter."""
     if check is not None and record is not None and not check(record):
@@ -270,7 +279,8 @@ def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
             if record is None:
                 record = _find_inserted(table, backend, data)
         records.append(record)
-    for record in records:
+    for data, record in zip(rows, records, strict=True):
+        _kept(table, data, record)
         _check(table, check, record)
     changes = [Change(table.name, "created", table.key_of(r), r) for r in records]
     return records, changes
@@ -312,6 +322,7 @@ def update_row(table: TableInfo, backend: Backend, key: list[Any], data: dict[st
     record = get_row(table, new_key)
     if record is None:  # the new key was coerced by the database in a way we cannot follow
         raise not_found(f"the updated row in {table.name!r} can no longer be read back")
+    _kept(table, data, record)
     _check(table, check, record)
     return record, [Change(table.name, "updated", table.key_of(record), record, old)]
 

@@ -34,7 +34,8 @@ _BAD_VALUE = {167, 1048, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1416, 1467, 1
               3105, 3140, 3819, 4025}
 _RETRY = {1205, 1213}  # lock wait timeout, deadlock
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
-_FOR_COLUMN = re.compile(r"for column [`']([^`']+)[`']")
+# "for column `db`.`table`.`col`": the last name is the column.
+_FOR_COLUMN = re.compile(r"for column (?:[`'][^`']+[`']\.)*[`']([^`']+)[`']")
 _JSON_CHECK = re.compile(r"json_valid\(`([^`]+)`\)", re.IGNORECASE)
 _MEMBER = re.compile(r"'((?:[^']|'')*)'")
 _WIDTH = re.compile(r"\((\d+)\)")
@@ -135,6 +136,17 @@ def _set_field(members: tuple[str, ...]) -> type[peewee.Field]:
     return SetField
 
 
+def _set_value(members: tuple[str, ...]) -> Any:
+    member = coercer("text", enum=members)
+
+    def coerce(value: Any) -> list[str]:
+        # Members only: a SET holds no NULL and no nested arrays.
+        if not isinstance(value, list):
+            raise BadValue(f"expected an array of members, got {str(value)[:40]!r}")
+        return [member(item) for item in value]
+    return coerce
+
+
 def _time_text(value: Any) -> Any:
     """MySQL TIME spans -838:59:59 to 838:59:59: the driver gives a timedelta (the
     change log gives its text, "838:59:59.000000")."""
@@ -151,6 +163,16 @@ def _time_text(value: Any) -> Any:
 
 
 _TIME_OF_DAY = coercer("time")
+
+
+def _as_delta(value: Any) -> Any:
+    """A TIME as the database compares it: a signed duration (feeds' filters)."""
+    if isinstance(value, str) and _TIME.fullmatch(value):
+        return _time_delta(value)
+    if isinstance(value, datetime.time):
+        return datetime.timedelta(hours=value.hour, minutes=value.minute,
+                                  seconds=value.second, microseconds=value.microsecond)
+    return value
 
 
 def _time_delta(text: str) -> datetime.timedelta:
@@ -191,6 +213,7 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
         bit = {member: 1 << i for i, member in enumerate(members)}
         return ColumnType(field=_set_field(members), kind="array",
                           items=ColumnType(kind="text", enum=members),
+                          coerce=_set_value(members), range_filters=False,
                           sort_key=SortKey(_plus_zero, lambda v: sum(bit.get(m, 0) for m in v)),
                           request_schema={"type": "array", "items": {"type": "string",
                                                                      "enum": list(members)}})
@@ -202,7 +225,7 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
                           request_schema=_REQUEST["year"])
     if data_type == "time":
         return ColumnType(field=peewee.Field, kind="time", coerce=_time_value, encode=_time_text,
-                          request_schema=_REQUEST["time"])
+                          request_schema=_REQUEST["time"], compare_key=_as_delta)
     if data_type in _SPATIAL:
         # Read and written as WKT; ordered and compared as WKT too, so a cursor
         # holds exactly what a GET shows.
@@ -222,9 +245,12 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
         return ColumnType(kind="float", read=_as_double, encode=_shortest_float32,
                           compare=_as_float, request_schema=_REQUEST["float"])
     if data_type == "uuid":
-        return ColumnType(field=peewee.TextField, kind="uuid", like_as_text=True)
+        # MariaDB orders UUIDs by their time fields, not as text: no gt/lt filters.
+        return ColumnType(field=peewee.TextField, kind="uuid", like_as_text=True,
+                          range_filters=False)
     if data_type in ("inet4", "inet6"):
-        return ColumnType(field=peewee.TextField, kind="text", request_schema=_REQUEST[data_type])
+        return ColumnType(field=peewee.TextField, kind="text", request_schema=_REQUEST[data_type],
+                          range_filters=False)  # ordered as addresses, not as text
     if data_type == "timestamp":
         return ColumnType(request_schema=_REQUEST["timestamp"])
     bounds = _int_bounds(data_type, column_type)

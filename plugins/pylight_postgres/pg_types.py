@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -190,7 +191,11 @@ def column_types(db: peewee.Database, table: str) -> dict[str, ColumnType]:
             ctype = ColumnType(field=peewee.Field, kind="array", items=element,
                                to_db=array_literal, orderable=element.orderable,
                                like_as_text=True,
-                               compare=_as_text if element_name in _COMPARE_AS_TEXT else None)
+                               compare=_as_text if element_name in _COMPARE_AS_TEXT else None,
+                               # PostgreSQL orders arrays by elements and dimensions:
+                               # ORDER BY yes, gt/lt filters (evaluated by feeds) no.
+                               range_filters=False,
+                               compare_key=_array_key(element.compare_key))
         else:
             ctype = _scalar(type_name, type_kind, enums.get(type_oid))
         if generated == "s":
@@ -201,6 +206,47 @@ def column_types(db: peewee.Database, table: str) -> dict[str, ColumnType]:
     return types
 
 
+def _timetz_order(value: Any) -> Any:
+    """How PostgreSQL compares timetz: by the time less its offset (not wrapped into a
+    day: 08:00+14 comes before 00:00+00), then by zone (08:00+00 and 00:00-08 are not
+    equal: the one further west is greater)."""
+    if not isinstance(value, datetime.time) or value.utcoffset() is None:
+        return value
+    offset = value.utcoffset().total_seconds()
+    seconds = value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+    return (seconds - offset, -offset)
+
+
+_ISO_PART = re.compile(r"(-?[0-9.]+)([YMWDHS])")
+_SPAN = {"Y": 360 * 86400, "W": 7 * 86400, "D": 86400, "H": 3600, "S": 1}
+
+
+def _interval_order(value: Any) -> Any:
+    """How PostgreSQL compares intervals: as one span, a month being 30 days."""
+    if not isinstance(value, str) or not value.lstrip("-").startswith("P"):
+        return value
+    sign = -1 if value.startswith("-") else 1
+    date_part, _, time_part = value.lstrip("-")[1:].partition("T")
+    total = 0.0
+    for number, unit in _ISO_PART.findall(date_part):
+        total += float(number) * (30 * 86400 if unit == "M" else _SPAN[unit])
+    for number, unit in _ISO_PART.findall(time_part):
+        total += float(number) * (60 if unit == "M" else _SPAN[unit])
+    return sign * total
+
+
+def _array_key(element: Any) -> Any:
+    """How PostgreSQL compares arrays, for feeds: element by element (NULL after every
+    value), then the shorter first, as Python compares lists."""
+    def key(value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [(1, 0) if item is None else (0, key(item) if isinstance(item, list)
+                                             else item if element is None else element(item))
+                for item in value]
+    return key
+
+
 def _read_only(ctype: ColumnType, why: str) -> ColumnType:
     return replace(ctype, read_only=why)
 
@@ -208,7 +254,10 @@ def _read_only(ctype: ColumnType, why: str) -> ColumnType:
 def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> ColumnType:
     """The ColumnType of one (non-array) PostgreSQL type."""
     if type_kind == "e" and members is not None:
-        return ColumnType(field=peewee.TextField, kind="text", enum=members, like_as_text=True)
+        # Ordered (and compared by gt/lt) in the order the type declares its members.
+        position = {member: i for i, member in enumerate(members)}
+        return ColumnType(field=peewee.TextField, kind="text", enum=members, like_as_text=True,
+                          compare_key=lambda value: position.get(value, value))
     if type_name in _INTEGERS:
         bits = _INTEGERS[type_name]
         return ColumnType(field=_PEEWEE[type_name], kind="integer",
@@ -224,21 +273,26 @@ def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> 
         return ColumnType(field=peewee.DoubleField, kind="float")
     if type_name in _TEXTS:
         return ColumnType(kind="text")
+    if type_name == "timetz":
+        return ColumnType(field=peewee.TimeField, kind="time", compare_key=_timetz_order)
     if type_name in _PEEWEE:
         return ColumnType(field=_PEEWEE[type_name], kind=_KINDS[type_name],
                           like_as_text=type_name == "uuid")
     if type_name == "json":  # no ordering; compared as jsonb (by value)
-        return ColumnType(kind="json", compare=_as_jsonb, orderable=False)
+        return ColumnType(kind="json", compare=_json_as_jsonb, orderable=False)
     if type_name == "jsonb":
         return ColumnType(kind="json", compare=_as_jsonb, request_schema=_JSON)
     if type_name == "interval":
-        return ColumnType(field=peewee.Field, kind="duration", like_as_text=True)
+        return ColumnType(field=peewee.Field, kind="duration", like_as_text=True,
+                          compare_key=_interval_order)
     # Everything else (money, inet, cidr, macaddr, bit strings, ranges, xml, tsvector,
     # geometry, pg_lsn ...) as PostgreSQL's own text.
+    # Their orders are PostgreSQL's own (network order, text search), not their
+    # text's: ORDER BY works, gt/lt filters (which feeds evaluate in Python) do not.
     return ColumnType(field=peewee.TextField, kind="text", api_type="string",
                       orderable=type_name not in _UNORDERED, like_as_text=True,
                       compare=_as_text if type_name in _COMPARE_AS_TEXT else None,
-                      request_schema=_REQUEST.get(type_name))
+                      request_schema=_REQUEST.get(type_name), range_filters=False)
 
 
 def _as_real(node: Any) -> Any:
@@ -251,6 +305,14 @@ def _as_text(node: Any) -> Any:
 
 def _as_jsonb(node: Any) -> Any:
     return peewee.Cast(node, "jsonb")
+
+
+def _json_as_jsonb(node: Any) -> Any:
+    # json keeps a \u0000 that jsonb refuses: such a document compares as NULL
+    # (matches nothing) rather than failing every filter on the column.
+    text = peewee.Cast(node, "text")
+    return peewee.Case(None, [(peewee.fn.strpos(text, "\\u0000") > 0, peewee.SQL("NULL"))],
+                       peewee.Cast(node, "jsonb"))
 
 
 # -- array values as PostgreSQL array literals --------------------------------------
