@@ -444,3 +444,13 @@ async def test_refusals_never_log_header_values(limited, caplog):
     assert status == 400
     assert secret.decode() not in json.dumps(body)
     assert "c2VjcmV0LXRva2Vu" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_content_length_of_a_non_ascii_digit_is_a_400(server):
+    """str.isdigit() takes "²", which int() then refused: a 500 (issue 10 item 3)."""
+    data = (b"POST /api/products HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
+            + "Content-Length: \u00b2\r\n\r\nxx".encode())
+    raw = await in_thread(raw_http, port_of(server), data)
+    status, _, body = parse_answer(raw)
+    assert status == 400 and body["error"]["code"] == "bad_request", raw[:300]
