@@ -60,8 +60,14 @@ _HEADER = re.compile(r"(?i)(['\"]?(?:authorization|x-api-key)['\"]?\s*[:=]\s*['\
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/\s@'\"]*:)([^@\s'\"]+)(@)")
 
 
+# A line that holds none of these holds no credential (every log line is checked).
+_MAY_HOLD = re.compile(r"(?i)oken|%[0-9a-f]{2}|authorization|x-api-key|://")
+
+
 def redact(text: str) -> str:
     """``text`` with every credential it may hold replaced by ``***`` (see above)."""
+    if not _MAY_HOLD.search(text):
+        return text
     if "=" in text:
         text = _QUERY_PARAM.sub(_hide_token, text)
     text = _HEADER.sub(lambda m: f"{m.group(1)}***", text)

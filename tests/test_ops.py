@@ -298,6 +298,7 @@ def test_redact() -> None:
     assert redact("/a?to%6Ben=s&Token=t&token") == "/a?to%6Ben=***&Token=***&token"
     assert redact("/a?tokens=1&x=token=2") == "/a?tokens=1&x=token=2"
     assert redact("/a/token=b") == "/a/token=b"
+    assert redact("/a?%74%6F%6B%65%6E=s") == "/a?%74%6F%6B%65%6E=***"
     # Tornado's repr of a request, and database URLs
     assert redact("headers={'Authorization': 'Bearer abc.def', 'X-Api-Key': 'k1'}") == \
         "headers={'Authorization': '***', 'X-Api-Key': '***'}"
