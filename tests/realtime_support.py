@@ -113,10 +113,19 @@ def raw_connect(port: int, path: str, rcvbuf: int | None = None) -> tuple[socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(TIMEOUT)
     sock.connect(("127.0.0.1", port))
+    _, rest = upgrade(sock, port, path)
+    return sock, rest
+
+
+def upgrade(sock: socket.socket, port: int, path: str, extensions: str | None = None
+            ) -> tuple[dict[str, str], bytes]:
+    """Blocking: the WebSocket handshake on a connected socket; the 101's headers
+    (lower-cased names) and the bytes that came after it."""
     key = base64.b64encode(os.urandom(16)).decode()
+    extra = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
@@ -124,8 +133,13 @@ def raw_connect(port: int, path: str, rcvbuf: int | None = None) -> tuple[socket
             raise AssertionError(f"closed during the handshake: {data!r}")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
+    lines = head.decode("latin1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 101"), lines[0]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers, rest
 
 
 def read_until_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:

@@ -17,7 +17,6 @@ The protocol does not depend on the database, so these tests run on SQLite only.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -35,7 +34,7 @@ from tornado.web import Application
 from tornado.websocket import WebSocketHandler
 
 from pylight.hub import Change
-from tests.realtime_support import in_thread, port_of
+from tests.realtime_support import in_thread, port_of, upgrade
 
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
@@ -73,24 +72,7 @@ def handshake(port: int, path: str, extensions: str | None = None
               ) -> tuple[socket.socket, dict[str, str], bytes]:
     """Blocking: connect and upgrade; the socket, the 101's headers and bytes after it."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT)
-    key = base64.b64encode(os.urandom(16)).decode()
-    extra = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise AssertionError(f"closed during the handshake: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin1").split("\r\n")
-    assert lines[0].startswith("HTTP/1.1 101"), lines[0]
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    headers, rest = upgrade(sock, port, path, extensions)
     return sock, headers, rest
 
 
