@@ -117,6 +117,7 @@ class Pylight:
             if settings.seed_demo and self.demo_settings:
                 self._apply_demo_settings(raw)
             self.tables = reflect(raw, self.backend, self.config)
+            openapi.prepare(self.tables)
         if self.capture is not None:
             self.capture.prepare()
 

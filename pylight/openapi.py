@@ -360,9 +360,27 @@ _LENGTH_CHECK = re.compile(r"(?:char_length|character_length|length)\(\(?VALUE\)
                            r"\s*(<=|<)\s*(\d+)")
 
 
+_CATALOG = ("openapi", "catalog")
+
+
+def prepare(tables: dict[str, TableInfo]) -> None:
+    """Read what the documents need from the database's catalog, once, at start-up
+    (blocking): building a document is then pure, and never queries on the event loop."""
+    for table in tables.values():
+        if table.writable:
+            table.statements[_CATALOG] = _read_catalog(table)
+
+
 def _catalog(table: TableInfo) -> dict[str, _Declared] | None:
+    """The catalog facts :func:`prepare` read (read now if it did not run)."""
+    if _CATALOG not in table.statements:
+        table.statements[_CATALOG] = _read_catalog(table)
+    return table.statements[_CATALOG]
+
+
+def _read_catalog(table: TableInfo) -> dict[str, _Declared] | None:
     """Declared lengths (which reflection does not keep) and generated columns, from
-    the database's catalog; asked once per table and document, None when it cannot be."""
+    the database's catalog; None when it cannot be read."""
     db = table.model._meta.database
     try:
         with db.connection_context():

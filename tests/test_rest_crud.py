@@ -399,3 +399,24 @@ async def test_chunked_body_over_limit(small_bodies):
     answer = await raw_http(server, request)
     assert answer.split(b"\r\n", 1)[0].split()[1] == b"201", answer[:300]
     assert [c.record["sku"] for c in server.changes] == ["CH-1"]
+
+
+def test_building_the_openapi_document_runs_no_sql(server):
+    """With auth on, the document is built per request on the event loop: what it needs
+    from the catalog is read once at start-up (a blocking query per request before)."""
+    app = server.app
+    db = app.db.db
+    calls = []
+    plain = db.execute_sql
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return plain(*args, **kwargs)
+
+    db.execute_sql = counting
+    try:
+        document = app.openapi(dict(app.tables))
+    finally:
+        db.execute_sql = plain
+    assert calls == []
+    assert set(document["components"]["schemas"]) >= {"products", "products_create"}
