@@ -36,7 +36,6 @@ class Database:
         # they wake as soon as the lock is free, instead of in the database's
         # busy handler, which sleeps 1, 2, 5, 10... ms between retries.
         self._write_lock = threading.Lock() if backend.single_writer else None
-        self._loop: IOLoop | None = None
 
     # -- start-up ------------------------------------------------------------
     def check_connection(self) -> None:
@@ -51,9 +50,6 @@ class Database:
                 f"({redact_url(self.url)}): {reason[0] if reason else type(exc).__name__}; "
                 "check that the server is running and the URL is right"
             ) from None
-
-    def bind_loop(self, loop: IOLoop) -> None:
-        self._loop = loop
 
     # -- running work ----------------------------------------------------------
     async def read(self, fn: Callable[..., T], *args: Any) -> T:

@@ -11,7 +11,7 @@ import struct
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tornado import httputil
@@ -711,10 +711,6 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self._catch_up()
 
     # -- delivery with a bounded queue ------------------------------------------------
-    def deliver_all(self, notices: Iterable[Notice]) -> None:
-        for notice in notices:
-            self.deliver(notice)
-
     def deliver(self, notice: Notice) -> None:
         if self.cursor is not None:
             # Still catching up: this notice is in the ring and is read from

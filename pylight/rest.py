@@ -13,8 +13,6 @@ from pylight.errors import ApiError, bad_request, method_not_allowed, not_found,
 from pylight.handlers import BaseHandler
 from pylight.schema import TableInfo
 
-WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
 
 class TableHandler(BaseHandler):
     identity: Identity | None = None

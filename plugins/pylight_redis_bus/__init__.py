@@ -399,11 +399,6 @@ class RedisBus:
 _buses: weakref.WeakKeyDictionary[Any, RedisBus] = weakref.WeakKeyDictionary()
 
 
-def bus_of(app: Pylight) -> RedisBus | None:
-    """The bus of a running app (None without ``[bus] url``), for tests and tools."""
-    return _buses.get(app)
-
-
 @hookimpl
 def pylight_startup(app: Pylight) -> Awaitable[None] | None:
     # A plain function: without [bus] url it returns nothing to await, so a
