@@ -13,9 +13,9 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import auth, demo, openapi, ops, realtime, rest, web
+from pylight import demo, openapi, ops, realtime, rest, web
 from pylight.auth import Auth
-from pylight.backend import Backend, redact_url, url_scheme
+from pylight.backend import Backend, url_scheme
 from pylight.capture import Capture
 from pylight.config import Config, TableSettings
 from pylight.db import Database
@@ -23,6 +23,7 @@ from pylight.errors import StartupError
 from pylight.handlers import NotFoundHandler
 from pylight.http_limits import JsonRefusalsHTTPServer
 from pylight.hub import Hub
+from pylight.redaction import redact_logs, redact_url
 from pylight.schema import TableInfo, reflect
 
 log = logging.getLogger("pylight")
@@ -74,7 +75,7 @@ class Pylight:
         ``users.password_hash`` as ``[table:users] hidden = password_hash`` would
         (when the database holds the demo tables and the configuration has no
         ``[table:users]``). The command line passes True."""
-        auth.redact_logs()  # no log line may carry a credential, whatever logs it
+        redact_logs()  # no log line may carry a credential, whatever logs it
         self.config = config
         self.demo_settings = demo_settings
         self.pm = pm

@@ -6,28 +6,16 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import peewee
 from playhouse.db_url import parse as parse_db_url
 
 from pylight.errors import ApiError, StartupError, conflict, unavailable, unprocessable
+from pylight.redaction import redact_url
 from pylight.types import ColumnType, ForeignKey
 
 log = logging.getLogger("pylight")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for log lines and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _first_line(exc: BaseException) -> str:

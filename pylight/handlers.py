@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from pylight import values
-from pylight.auth import redact
 from pylight.errors import ApiError, bad_request
+from pylight.redaction import redact
 
 if TYPE_CHECKING:
     from pylight.app import Pylight

@@ -21,9 +21,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from pylight.auth import redact
 from pylight.errors import ApiError, unavailable
 from pylight.handlers import BaseHandler, NotFoundHandler
+from pylight.redaction import redact
 
 if TYPE_CHECKING:
     import tornado.web
