@@ -538,13 +538,13 @@ class FeedProtocolEcho(WebSocketHandler):
         return {}
 
     def get_websocket_protocol(self) -> Any:
-        from pylight.realtime import FeedProtocol
+        from pylight.wire import FeedProtocol
 
         base = super().get_websocket_protocol()
         return None if base is None else FeedProtocol(self, False, base.params)
 
     def on_message(self, message: str | bytes) -> None:
-        from pylight.realtime import deflated_text_frame, frame
+        from pylight.wire import deflated_text_frame, frame
 
         protocol = self.ws_connection
         if protocol is None or protocol.is_closing():
