@@ -36,6 +36,9 @@ def origin_allowed(origin: str, allowed: list[str]) -> bool:
 class JsonErrors:
     """Renders every error as the contract's JSON body; shared by HTTP and WebSocket handlers."""
 
+    #: The `table` label of its requests in metrics and logs (None: the table itself).
+    metrics_route: str | None = ":other"
+
     app: Pylight
 
     def write_json(self, payload: Any, status: int = 200) -> None:
@@ -200,6 +203,8 @@ class BaseHandler(JsonErrors, RequestHandler):
 
 class NotFoundHandler(BaseHandler):
     """Any path no route matches: a JSON 404 rather than Tornado's HTML page."""
+
+    metrics_route = ":not_found"
 
     def prepare(self) -> None:
         super().prepare()

@@ -22,7 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from pylight.errors import ApiError, unavailable
-from pylight.handlers import BaseHandler, NotFoundHandler
+from pylight.handlers import BaseHandler
 from pylight.redaction import redact
 
 if TYPE_CHECKING:
@@ -133,18 +133,9 @@ class Metrics:
 
 
 def route_name(cls: type) -> str | None:
-    """The fixed ``table`` label of a handler class; None for the per-table routes."""
-    from pylight import realtime, rest, web
-
-    if issubclass(cls, (rest.CollectionHandler, rest.ItemHandler, realtime.FeedHandler)):
-        return None
-    for kind, name in ((rest.OpenApiHandler, ":openapi"), (rest.SchemaHandler, ":schema"),
-                       (MetricsHandler, ":metrics"), (HealthHandler, ":healthz"),
-                       (ReadyHandler, ":readyz"), (web.PageHandler, ":page"),
-                       (NotFoundHandler, ":not_found")):
-        if issubclass(cls, kind):
-            return name
-    return OTHER_ROUTE
+    """The fixed ``table`` label of a handler class (its ``metrics_route``); None for the
+    per-table routes, ``:other`` for a plugin's route."""
+    return getattr(cls, "metrics_route", OTHER_ROUTE)
 
 
 class StateCollector(Collector):
@@ -217,6 +208,8 @@ class StateCollector(Collector):
 # -- the handlers ------------------------------------------------------------------------
 
 class MetricsHandler(BaseHandler):
+    metrics_route = ":metrics"
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.set_header("Cache-Control", "no-store")
@@ -226,6 +219,8 @@ class MetricsHandler(BaseHandler):
 class HealthHandler(BaseHandler):
     """The process is alive and its event loop answers."""
 
+    metrics_route = ":healthz"
+
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.write_json({"status": "ok"})
@@ -233,6 +228,8 @@ class HealthHandler(BaseHandler):
 
 class ReadyHandler(BaseHandler):
     """The database answers ``SELECT 1`` in time (503 with Retry-After otherwise)."""
+
+    metrics_route = ":readyz"
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")

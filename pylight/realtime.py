@@ -126,6 +126,8 @@ class Connections:
 class FeedHandler(JsonErrors, WebSocketHandler):
     """One client subscribed to one table's changes."""
 
+    metrics_route = None
+
     app: Pylight
 
     def initialize(self, app: Pylight) -> None:

@@ -79,6 +79,8 @@ class TableHandler(BaseHandler):
 
 
 class CollectionHandler(TableHandler):
+    metrics_route = None
+
     async def get(self, name: str) -> None:
         if self._finished:
             return
@@ -149,6 +151,8 @@ class CollectionHandler(TableHandler):
 
 
 class ItemHandler(TableHandler):
+    metrics_route = None
+
     def key(self, table: TableInfo, text: str) -> list[Any]:
         if not table.has_key:
             kind = "a view" if table.is_view else "a table without a primary key"
@@ -233,6 +237,8 @@ class ItemHandler(TableHandler):
 
 
 class SchemaHandler(TableHandler):
+    metrics_route = ":schema"
+
     async def readable(self) -> dict[str, TableInfo]:
         """The tables the caller may read: the schema documents show only those."""
         if not self.app.auth.enabled:
@@ -254,6 +260,8 @@ class SchemaHandler(TableHandler):
 
 
 class OpenApiHandler(SchemaHandler):
+    metrics_route = ":openapi"
+
     async def get(self) -> None:
         if self._finished:
             return

@@ -13,6 +13,8 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 class PageHandler(StaticFileHandler):
     """Serves the bundled files with revalidation, so an upgrade is picked up at once."""
 
+    metrics_route = ":page"
+
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Content-Type-Options", "nosniff")
