@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REQUIRE, TestDatabase, write_config
 
+from tests.conftest import REQUIRE, TestDatabase, write_config
 from tests.live_server import LiveServer, free_port
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"

@@ -35,7 +35,7 @@ from tests.live_server import LiveServer
 from tests.realtime_support import FeedClient, in_thread
 
 if TYPE_CHECKING:
-    from conftest import TestDatabase
+    from tests.conftest import TestDatabase
 
 TIMEOUT = 15.0
 

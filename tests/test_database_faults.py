@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import MYSQL_HOST, PG_HOST, mysql_connect, pg_connect
+
+from tests.conftest import MYSQL_HOST, PG_HOST, mysql_connect, pg_connect
 
 if TYPE_CHECKING:  # imported here, or pytest tries to collect the Test* dataclass
-    from conftest import Server, TestDatabase
+    from tests.conftest import Server, TestDatabase
 
 
 def server_databases_only(database: TestDatabase) -> None:

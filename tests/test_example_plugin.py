@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Server, write_config
 from tornado.testing import bind_unused_port
 
 from pylight import StartupError, hookspecs
 from pylight.app import Pylight
 from pylight.config import load_config
 from pylight.plugins import make_plugin_manager
+from tests.conftest import Server, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "pylight-audit-log"

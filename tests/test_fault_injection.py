@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import mysql_connect, pg_connect, write_config
 
 from pylight.realtime import FeedHandler
+from tests.conftest import mysql_connect, pg_connect, write_config
 from tests.live_server import LiveServer, free_port
 from tests.realtime_support import (
     TIMEOUT,
@@ -40,7 +40,7 @@ from tests.realtime_support import (
 )
 
 if TYPE_CHECKING:
-    from conftest import TestDatabase
+    from tests.conftest import TestDatabase
 
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 servers_only = pytest.mark.parametrize("database", ["postgresql", "mysql"], indirect=True)

@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 import pytest
-from conftest import pg_connect
 from prometheus_client.parser import text_string_to_metric_families
 
 from pylight import ops
 from pylight.hub import Change
 from pylight.redaction import RedactCredentials, redact
 from tests.auth_support import UPGRADE, bearer, open_feed
+from tests.conftest import pg_connect
 from tests.realtime_support import (
     TIMEOUT,
     FeedClient,

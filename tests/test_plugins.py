@@ -12,7 +12,6 @@ from typing import Any
 
 import pluggy
 import pytest
-from conftest import Server, start_server, write_config
 from pylight_sqlite import SqliteBackend
 from tornado.testing import bind_unused_port
 
@@ -21,6 +20,7 @@ from pylight.app import Pylight
 from pylight.backend import Backend
 from pylight.config import load_config
 from pylight.plugins import make_plugin_manager
+from tests.conftest import Server, start_server, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_BACKENDS = {"sqlite": "pylight_sqlite", "postgresql": "pylight_postgres",

@@ -322,7 +322,7 @@ def test_backend_plugin_from_plugins_load_serves_its_scheme(tmp_path: Path) -> N
 
 def test_sigterm_lets_an_in_flight_request_finish(tmp_path: Path) -> None:
     """A request running when SIGTERM arrives still gets its answer; then the exit is 0."""
-    from conftest import PG_HOST, pg_connect
+    from tests.conftest import PG_HOST, pg_connect
 
     try:
         admin = pg_connect()

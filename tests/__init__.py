@@ -1,0 +1,1 @@
+"""Pylight's test suite, one package: conftest and the support modules are imported as tests.*."""
