@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The contract's ``code`` for each HTTP status an error may have.
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 409: "conflict", 412: "precondition_failed",
+         413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+         422: "unprocessable", 431: "request_header_fields_too_large", 500: "internal_error",
+         503: "unavailable", 505: "http_version_not_supported"}
+
+
+def code_for(status: int) -> str:
+    """The contract's error ``code`` for ``status``."""
+    return CODES.get(status, "error")
+
 
 class PylightError(Exception):
     """Base of every error Pylight raises on purpose."""

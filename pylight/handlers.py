@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from pylight import values
-from pylight.errors import ApiError, bad_request
+from pylight.errors import ApiError, bad_request, code_for
 from pylight.redaction import redact
 
 if TYPE_CHECKING:
@@ -16,9 +16,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pylight")
 
-_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-            405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-            415: "unsupported_media_type", 422: "unprocessable", 503: "unavailable"}
 
 
 def origin_allowed(origin: str, allowed: list[str]) -> bool:
@@ -67,7 +64,7 @@ class JsonErrors:
         else:
             message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else (
                 self._reason)
-            error = ApiError(status_code, _REASONS.get(status_code, "error"), str(message))
+            error = ApiError(status_code, code_for(status_code), str(message))
             if status_code == 405:
                 error.details = {"method": self.request.method}
                 # RFC 9110: a 405 lists the methods the resource has (found by fuzzing:

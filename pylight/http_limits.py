@@ -30,14 +30,14 @@ from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
 
+from pylight.errors import code_for
+
 log = logging.getLogger("pylight")
 
 MAX_HEAD_BYTES = 64 * 1024
 HARD_HEAD_BYTES = 1024 * 1024
 REASONS = {400: "Bad Request", 413: "Content Too Large", 414: "URI Too Long",
            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
-CODES = {400: "bad_request", 413: "payload_too_large", 414: "uri_too_long",
-         431: "request_header_fields_too_large", 505: "http_version_not_supported"}
 
 
 class Refused(Exception):
@@ -50,7 +50,7 @@ class Refused(Exception):
         self.details = details or {}
 
     def response(self) -> bytes:
-        error: dict[str, Any] = {"status": self.status, "code": CODES[self.status],
+        error: dict[str, Any] = {"status": self.status, "code": code_for(self.status),
                                  "message": self.message}
         if self.details:
             error["details"] = self.details
