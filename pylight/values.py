@@ -95,10 +95,9 @@ def iso_duration(value: datetime.timedelta) -> str:
     """A timedelta as an ISO 8601 duration (days and seconds, as a driver gives them)."""
     sign = "-" if value < datetime.timedelta(0) else ""
     value = abs(value)
-    seconds = value.seconds + value.microseconds / 1_000_000
     hours, rest = divmod(value.seconds, 3600)
     minutes, whole = divmod(rest, 60)
-    fraction = f"{seconds - value.seconds:.6f}".rstrip("0").rstrip(".")[1:]
+    fraction = f".{value.microseconds:06d}".rstrip("0") if value.microseconds else ""
     return f"{sign}P{value.days}DT{hours}H{minutes}M{whole}{fraction}S"
 
 
@@ -273,10 +272,6 @@ def _plain_json(value: Any) -> Any:
     return value
 
 
-def _any_json(value: Any) -> Any:
-    return _json_value(value)
-
-
 def _any(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         raise BadValue(f"expected a scalar, got {_describe(value)}")
@@ -379,7 +374,7 @@ def coercer(kind: str, precision: int | None = None, scale: int | None = None,
         return _int_in(*bounds)
     if kind == "array":
         if items is None:
-            return _array(_any_json)
+            return _array(_json_value)
         element = coercer(items.kind or "text", enum=items.enum, items=items.items)
         return _array(element)
     if kind == "decimal":
