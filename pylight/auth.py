@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from pylight.errors import ApiError
+from pylight import query as ql
+from pylight.errors import ApiError, forbidden, unauthorized
 
 if TYPE_CHECKING:
     import pluggy
     from tornado.httputil import HTTPServerRequest
 
-    from pylight.query import Group, Matcher
+    from pylight.backend import Backend
     from pylight.schema import TableInfo
 
 ACTIONS = ("read", "create", "update", "delete")
@@ -42,14 +43,6 @@ class Identity:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, {}, {"WWW-Authenticate": "Bearer"})
-
-
-def forbidden(message: str, **details: Any) -> ApiError:
-    return ApiError(403, "forbidden", message, details)
-
-
 def request_token(request: HTTPServerRequest) -> str | None:
     """The bearer token of a request: the Authorization header, else ``?token=`` (browsers)."""
     match = _BEARER.match(request.headers.get("Authorization", ""))
@@ -69,9 +62,12 @@ async def _settle(results: Iterable[Any]) -> list[Any]:
 
 
 class Auth:
-    def __init__(self, pm: pluggy.PluginManager, app: Any) -> None:
+    def __init__(self, pm: pluggy.PluginManager, app: Any, backend: Backend) -> None:
+        """``app`` is only handed on to the hooks (their ``app`` argument); ``backend``
+        evaluates row filters the way the database compares values."""
         self.pm = pm
         self.app = app
+        self.backend = backend
         self.refresh()
 
     def add_provider(self, provider: Any, name: str) -> None:
@@ -142,12 +138,10 @@ class Auth:
         return hook.pylight_authorize(identity=identity, action=action, table=table,
                                       record=record, app=self.app)
 
-    def row_filter(self, identity: Identity | None, table: TableInfo) -> Group | None:
+    def row_filter(self, identity: Identity | None, table: TableInfo) -> ql.Group | None:
         """The rows ``identity`` may see in ``table``, as a filter (None: all)."""
         if not self.filters_rows:
             return None
-        from pylight import query as ql
-
         hook = self.pm.hook
         texts = [t for t in hook.pylight_row_filter(identity=identity, table=table.name,
                                                      app=self.app) if t]
@@ -159,11 +153,9 @@ class Auth:
             members.extend(ql.parse_filters(table, arguments).members)
         return ql.Group(tuple(members))
 
-    def matcher(self, identity: Identity | None, table: TableInfo) -> Matcher | None:
-        from pylight import query as ql
-
+    def matcher(self, identity: Identity | None, table: TableInfo) -> ql.Matcher | None:
         where = self.row_filter(identity, table)
-        return ql.Matcher(table, where, self.app.backend) if where is not None else None
+        return ql.Matcher(table, where, self.backend) if where is not None else None
 
 
 class Permissions:

@@ -6,7 +6,7 @@ the change log ``_pylight_changes``: the table, the operation (``I``/``U``/``D``
 the key as a JSON array and, for updates and deletes, the old row as a JSON
 object (for tables without a primary key, the new row too). The
 :class:`Capture` reader reads the log by id and publishes :class:`Change`
-objects through ``app.hub.publish``:
+objects through the hub's ``publish`` (this process, or a bus to all):
 
 - inserts and updates: the row is read back by key (``store.get_row``), so the
   record is exactly what the REST API returns; an update's ``old`` is decoded
@@ -32,20 +32,21 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import peewee
 
 from pylight import store
 from pylight.backend import Backend, ChangeWatcher
+from pylight.config import Config
+from pylight.db import Database
 from pylight.errors import StartupError
 from pylight.hub import Change
 from pylight.schema import ColumnInfo, TableInfo
-
-if TYPE_CHECKING:
-    from pylight.app import Pylight
+from pylight.writes import Writes
 
 log = logging.getLogger("pylight")
 
@@ -244,14 +245,22 @@ def _fill(holes: list[list[Any]], found: set[int]) -> list[list[Any]]:
 # -- the reader ------------------------------------------------------------------
 
 class Capture:
-    """Reads the change log of ``app``'s database and publishes what it finds."""
+    """Reads the change log and publishes what it finds."""
 
-    def __init__(self, app: Pylight) -> None:
-        self.app = app
+    def __init__(self, database: Database, writes: Writes, tables: dict[str, TableInfo],
+                 publish: Callable[[Change], Any], wanted: asyncio.Event, config: Config) -> None:
+        """``publish``: where changes read from the log go (the hub's ``publish``);
+        ``wanted``: set when the log should be read now (an API write committed)."""
+        self.database = database
+        self.backend = database.backend
+        self.writes = writes
+        self.tables = tables
+        self.publish = publish
+        self.event = wanted
+        self.config = config
         self.high = 0  # the largest id read; smaller ones are read or in `holes`
         self.holes: list[list[Any]] = []  # [first id, last id, monotonic time first missed]
         self.watcher: ChangeWatcher | None = None
-        self.event: asyncio.Event | None = None
         self.task: asyncio.Future[None] | None = None
         self.stopping = False
         self.last_prune = time.monotonic()
@@ -260,14 +269,13 @@ class Capture:
     # -- start-up (blocking, from Pylight.open) --------------------------------------
     def prepare(self) -> None:
         """Install the triggers if configured, then make sure they are there."""
-        app = self.app
-        db = app.db.db
+        db, backend = self.database.db, self.backend
         with db.connection_context():
-            if app.config.realtime.install_triggers:
-                for line in install(db, app.backend, app.tables):
+            if self.config.realtime.install_triggers:
+                for line in install(db, backend, self.tables):
                     log.info("change capture: %s", line)
-            missing, outdated = check(db, app.backend, app.tables)
-        source = app.config.source
+            missing, outdated = check(db, backend, self.tables)
+        source = self.config.source
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise StartupError(
@@ -281,18 +289,15 @@ class Capture:
 
     # -- running -------------------------------------------------------------------
     async def start(self) -> None:
-        app = self.app
-        self.event = asyncio.Event()
-        self.high = await app.db.read(self._max_id)
-        self.watcher = app.backend.capture_watcher(app.db.db, app.config.database.url,
-                                                   app.config.realtime.poll_interval)
+        self.high = await self.database.read(self._max_id)
+        self.watcher = self.backend.capture_watcher(self.database.db, self.config.database.url,
+                                                    self.config.realtime.poll_interval)
         await self.watcher.start(self.wake)
         self.task = asyncio.ensure_future(self._run())
 
     def wake(self, *_: Any) -> None:
-        """Read the log now (a wake-up, or a write made through the API just committed)."""
-        if self.event is not None:
-            self.event.set()
+        """Read the log now (the watcher saw something)."""
+        self.event.set()
 
     async def stop(self) -> None:
         self.stopping = True
@@ -306,7 +311,7 @@ class Capture:
             await self.watcher.stop()
 
     async def _run(self) -> None:
-        assert self.event is not None and self.watcher is not None
+        assert self.watcher is not None
         loop = asyncio.get_running_loop()
         failures = 0
         while not self.stopping:
@@ -328,7 +333,7 @@ class Capture:
             except Exception as exc:
                 failures += 1
                 log.warning("change capture: reading the change log failed (%s); retrying",
-                            " ".join(str(self.app.backend.driver_error(exc)).split())[:200] or
+                            " ".join(str(self.backend.driver_error(exc)).split())[:200] or
                             type(exc).__name__)
                 await asyncio.sleep(min(0.1 * 2 ** failures, 5.0))
 
@@ -336,10 +341,10 @@ class Capture:
         """Read and publish everything new; returns how many changes were published."""
         published = 0
         while True:
-            changes, more = await self.app.db.read(self._fetch)
+            changes, more = await self.database.read(self._fetch)
             for change in changes:
                 try:
-                    self.app.hub.publish(change)
+                    self.publish(change)
                 except Exception:
                     # The log has moved past it: one bad change must not stop the rest.
                     log.exception("change capture: publishing a change of %s failed", change.table)
@@ -350,16 +355,14 @@ class Capture:
     async def prune(self) -> None:
         self.last_prune = time.monotonic()
 
-        def delete() -> tuple[None, list[Any]]:
-            db = self.app.db.db
-            db.execute_sql(self.app.backend.capture_prune_sql(db.param), (RETENTION,))
-            return None, []
-
-        await self.app.db.write(LOG, delete)
+        db = self.database.db
+        # With the API's writes: on a one-writer database it queues with them.
+        await self.writes.maintain(LOG, db.execute_sql, self.backend.capture_prune_sql(db.param),
+                                   (RETENTION,))
 
     # -- blocking, in the database executor -------------------------------------------
     def _max_id(self) -> int:
-        row = self.app.db.db.execute_sql(f"SELECT MAX(id) FROM {LOG}").fetchone()
+        row = self.database.db.execute_sql(f"SELECT MAX(id) FROM {LOG}").fetchone()
         return int(row[0] or 0) if row else 0
 
     def _fetch(self) -> tuple[list[Change], bool]:
@@ -368,7 +371,7 @@ class Capture:
         The reader's state is updated only once everything was read and
         decoded, so a failure (and db.read's retry) reads the same rows again.
         """
-        db = self.app.db.db
+        db = self.database.db
         param = db.param
         now = time.monotonic()
         high = self.high
@@ -412,7 +415,7 @@ class Capture:
 
     def _decode(self, row: tuple[Any, ...]) -> Change | None:
         _, name, op, row_key, old_row, new_row = row
-        table = self.app.tables.get(name)
+        table = self.tables.get(name)
         if table is None or table.is_view:
             return None  # a table Pylight does not expose
         old = decode_row(table, old_row)

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from pylight import __version__
+from pylight import __version__, announce
 from pylight.config import Config, load_config, reference
 from pylight.errors import StartupError
 
@@ -61,7 +61,7 @@ async def serve(config: Config) -> None:
     port = config.server.port
     if app.server is not None and port == 0:
         port = next(iter(app.server._sockets.values())).getsockname()[1]
-    app.log_ready(port)
+    announce.ready(app, port)
 
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -74,9 +74,8 @@ async def serve(config: Config) -> None:
 def manage_triggers(config: Config, command: str) -> None:
     """Install or remove the change-capture triggers; prints one line per table."""
     from pylight import capture
-    from pylight.app import choose_backend
     from pylight.db import Database
-    from pylight.plugins import make_plugin_manager
+    from pylight.plugins import choose_backend, make_plugin_manager
     from pylight.schema import reflect
 
     pm = make_plugin_manager(config.plugins.load)

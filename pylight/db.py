@@ -1,16 +1,14 @@
 """Runs blocking peewee work off the event loop: one executor, pooled connections, mapped errors.
 
-Reads run in autocommit; a write runs in one transaction whose commit and
-the hand-over of its change to the hub happen under a per-table lock, so the
-order changes reach the hub is the order their transactions committed.
+Work runs in autocommit on the worker thread's pooled connection; a dead
+connection is retried once, unless COMMIT was already sent. Transactions and
+what happens after a commit are the business of :mod:`pylight.writes`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,17 +23,27 @@ log = logging.getLogger("pylight")
 T = TypeVar("T")
 
 
+class Attempt:
+    """One try of a piece of work on a pooled connection.
+
+    Work that commits sets ``committing`` just before it sends COMMIT: from
+    then on a lost connection is not retried, as the commit may have succeeded.
+    """
+
+    __slots__ = ("committing",)
+
+    def __init__(self) -> None:
+        self.committing = False
+
+
 class Database:
+    """The pooled peewee database and the worker threads that use it."""
+
     def __init__(self, db: peewee.Database, backend: Backend, url: str, pool_size: int) -> None:
         self.db = db
         self.backend = backend
         self.url = url
         self.executor = ThreadPoolExecutor(pool_size, thread_name_prefix="pylight-db")
-        self._commit_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        # A database with one writer at a time (SQLite): queue writers here, where
-        # they wake as soon as the lock is free, instead of in the database's
-        # busy handler, which sleeps 1, 2, 5, 10... ms between retries.
-        self._write_lock = threading.Lock() if backend.single_writer else None
 
     # -- start-up ------------------------------------------------------------
     def check_connection(self) -> None:
@@ -55,32 +63,26 @@ class Database:
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on a pooled connection in a worker thread."""
         loop = IOLoop.current()
-        return await loop.run_in_executor(self.executor, self._run, fn, args, None, None)
+        return await loop.run_in_executor(self.executor, self._run, fn, args, False)
 
-    async def write(self, table: str, fn: Callable[..., tuple[T, list[Any]]], *args: Any,
-                    publish: Callable[[Any], None] | None = None) -> T:
-        """Run ``fn(*args)`` in a transaction; ``fn`` returns ``(result, changes)``.
-
-        After the commit, each change is handed to ``publish`` on the IOLoop,
-        in commit order. A rolled-back transaction publishes nothing.
-        """
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(attempt, *args)`` like :meth:`read`; ``fn`` sets ``attempt.committing``
+        before it sends COMMIT, after which a lost connection is not retried."""
         loop = IOLoop.current()
-        return await loop.run_in_executor(self.executor, self._run, fn, args, table,
-                                          (loop, publish))
+        return await loop.run_in_executor(self.executor, self._run, fn, args, True)
 
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str | None,
-             publish: tuple[IOLoop, Callable[[Any], None] | None] | None) -> Any:
-        for attempt in (1, 2):
-            stage = {"committing": False}
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], with_attempt: bool) -> Any:
+        for tries in (1, 2):
+            attempt = Attempt()
             try:
-                return self._on_connection(fn, args, table, publish, stage)
+                return self._on_connection(fn, (attempt, *args) if with_attempt else args)
             except ApiError:
                 raise
             except Exception as exc:
                 # A dead pooled connection fails the first statement; one retry
                 # on a fresh connection hides a database restart from clients.
                 # Never retry once COMMIT was sent: it may have succeeded.
-                if attempt == 1 and not stage["committing"] and self.backend.is_disconnect(exc):
+                if tries == 1 and not attempt.committing and self.backend.is_disconnect(exc):
                     log.warning("database connection lost (%s); retrying once",
                                 str(self.backend.driver_error(exc)).strip()[:200])
                     continue
@@ -92,9 +94,7 @@ class Database:
                 raise
         raise AssertionError("unreachable")
 
-    def _on_connection(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str | None,
-                       publish: tuple[IOLoop, Callable[[Any], None] | None] | None,
-                       stage: dict[str, bool]) -> Any:
+    def _on_connection(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         """Run on this worker's pooled connection; one that died is discarded.
 
         Not ``connection_context()``: ``manual_close()`` resets the thread's
@@ -113,9 +113,7 @@ class Database:
                         " ".join(str(self.backend.driver_error(exc)).split())[:200])
             raise self.backend.down() from None
         try:
-            if table is None:
-                return fn(*args)
-            return self._transaction(fn, args, table, publish, stage)
+            return fn(*args)
         except Exception as exc:
             if self.backend.is_disconnect(exc):
                 # Drop this connection and the idle ones: after a server
@@ -129,36 +127,6 @@ class Database:
         # The connection stays with this worker thread (it is the pool's, checked
         # out once): checking it in and out around every call costs as much as
         # a small query. A dead one is discarded above and replaced next call.
-
-    def _transaction(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str,
-                     publish: tuple[IOLoop, Callable[[Any], None] | None] | None,
-                     stage: dict[str, bool]) -> Any:
-        if self._write_lock is not None:
-            with self._write_lock:
-                return self._write(fn, args, table, publish, stage)
-        return self._write(fn, args, table, publish, stage)
-
-    def _write(self, fn: Callable[..., Any], args: tuple[Any, ...], table: str,
-               publish: tuple[IOLoop, Callable[[Any], None] | None] | None,
-               stage: dict[str, bool]) -> Any:
-        db = self.db
-        self.backend.begin_write(db)
-        try:
-            result, changes = fn(*args)
-        except BaseException:
-            try:
-                db.rollback()
-            except Exception:
-                pass
-            raise
-        with self._commit_locks[table]:
-            stage["committing"] = True
-            db.commit()
-            if changes and publish is not None and publish[1] is not None:
-                loop, callback = publish
-                for change in changes:
-                    loop.add_callback(callback, change)
-        return result
 
     # -- operations (readiness and metrics) ---------------------------------------
     async def ping(self, timeout: float) -> None:

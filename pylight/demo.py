@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from decimal import Decimal
 
 import peewee
+
+from pylight.config import Config, TableSettings
 
 log = logging.getLogger("pylight")
 NOW = [peewee.SQL("DEFAULT CURRENT_TIMESTAMP")]
@@ -87,3 +90,31 @@ def seed(db: peewee.Database) -> bool:
             ]).execute()
     log.info("created and seeded the demo tables products, users and orders")
     return True
+
+
+# The demo's own table settings. `python -m pylight` applies them (Pylight's
+# ``demo_settings``) with seed_demo = true when the database holds the demo
+# tables, unless the configuration has a section of its own for the table: the
+# shipped etc/pylight.ini serves any database, so it cannot carry a live
+# [table:users] (a section naming a missing table stops start-up).
+DEMO_TABLES = ("products", "users", "orders")
+
+
+def with_demo_settings(config: Config, db: peewee.Database, names: list[str]) -> Config:
+    """``config`` with the demo's table settings added when the database (holding
+    the tables ``names``) has the demo tables and the file has no section of its
+    own for them."""
+    demo_settings = {"users": TableSettings(hidden=["password_hash"])}
+    if not set(DEMO_TABLES) <= set(names):
+        return config
+    added = {}
+    for name, settings in demo_settings.items():
+        if name in config.tables:
+            continue  # the file's own section wins
+        columns = {column.name for column in db.get_columns(name)}
+        if set(settings.hidden) <= columns:
+            added[name] = settings
+    for name, settings in added.items():
+        log.info("the demo: hiding %s of %s (a [table:%s] section of your own "
+                 "replaces this)", ", ".join(settings.hidden), name, name)
+    return dataclasses.replace(config, tables={**config.tables, **added}) if added else config

@@ -8,8 +8,8 @@ from typing import Any
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
          405: "method_not_allowed", 409: "conflict", 412: "precondition_failed",
          413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
-         422: "unprocessable", 431: "request_header_fields_too_large", 500: "internal_error",
-         503: "unavailable", 505: "http_version_not_supported"}
+         422: "unprocessable", 426: "upgrade_required", 431: "request_header_fields_too_large",
+         500: "internal_error", 503: "unavailable", 505: "http_version_not_supported"}
 
 
 def code_for(status: int) -> str:
@@ -54,6 +54,14 @@ def bad_request(message: str, **details: Any) -> ApiError:
     return ApiError(400, "bad_request", message, details)
 
 
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, {}, {"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(message: str, **details: Any) -> ApiError:
+    return ApiError(403, "forbidden", message, details)
+
+
 def not_found(message: str, **details: Any) -> ApiError:
     return ApiError(404, "not_found", message, details)
 
@@ -70,6 +78,27 @@ def conflict(message: str, **details: Any) -> ApiError:
 
 def unprocessable(message: str, **details: Any) -> ApiError:
     return ApiError(422, "unprocessable", message, details)
+
+
+def payload_too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is larger than the limit of {limit} bytes",
+                    {"limit": limit})
+
+
+def unsupported_media_type(content_type: str) -> ApiError:
+    return ApiError(415, "unsupported_media_type",
+                    "send the body as JSON with Content-Type: application/json",
+                    {"content_type": content_type[:100]})
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "internal_error",
+                    "the server failed to handle this request; it has been logged")
+
+
+def from_status(status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
+    """An error Tornado or the HTTP layer raised by status alone, with the contract's code."""
+    return ApiError(status, code_for(status), message, headers=headers)
 
 
 def unavailable(message: str, retry_after: int = 1) -> ApiError:

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from pylight import values
-from pylight.errors import ApiError, bad_request, code_for
+from pylight.errors import (
+    ApiError,
+    bad_request,
+    from_status,
+    internal_error,
+    not_found,
+    payload_too_large,
+    unsupported_media_type,
+)
 from pylight.redaction import redact
-
-if TYPE_CHECKING:
-    from pylight.app import Pylight
 
 log = logging.getLogger("pylight")
 
+
+@dataclass(frozen=True)
+class HttpContext:
+    """What every HTTP handler is handed: the request limits, CORS, and the set of
+    requests in flight (a graceful stop waits for them)."""
+
+    max_body_bytes: int
+    cors_origins: list[str]
+    in_flight: set[Any] = field(default_factory=set)
 
 
 def origin_allowed(origin: str, allowed: list[str]) -> bool:
@@ -36,7 +51,7 @@ class JsonErrors:
     #: The `table` label of its requests in metrics and logs (None: the table itself).
     metrics_route: str | None = ":other"
 
-    app: Pylight
+    cors_origins: list[str]
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -59,12 +74,11 @@ class JsonErrors:
         if isinstance(exc, ApiError):
             error = exc
         elif status_code >= 500:
-            error = ApiError(500, "internal_error",
-                             "the server failed to handle this request; it has been logged")
+            error = internal_error()
         else:
             message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else (
                 self._reason)
-            error = ApiError(status_code, code_for(status_code), str(message))
+            error = from_status(status_code, str(message))
             if status_code == 405:
                 error.details = {"method": self.request.method}
                 # RFC 9110: a 405 lists the methods the resource has (found by fuzzing:
@@ -85,7 +99,7 @@ class JsonErrors:
 
     # -- CORS -------------------------------------------------------------------
     def _allowed_origin(self) -> str | None:
-        origins = self.app.config.api.cors_origins
+        origins = self.cors_origins
         origin = self.request.headers.get("Origin")
         if not origins or not origin:
             return None
@@ -94,7 +108,7 @@ class JsonErrors:
         return origin if origin_allowed(origin, origins) else None
 
     def _cors(self) -> None:
-        origins = self.app.config.api.cors_origins
+        origins = self.cors_origins
         if origins and "*" not in origins:
             # The answer depends on Origin, allowed or not: caches must keep them apart.
             self.set_header("Vary", "Origin")
@@ -109,17 +123,18 @@ class BaseHandler(JsonErrors, RequestHandler):
     """Streams the body so an oversized one is answered 413 (Tornado's own limit
     would drop the connection without a response)."""
 
-    def initialize(self, app: Pylight) -> None:
-        self.app = app
+    def initialize(self, http: HttpContext) -> None:
+        self.http = http
+        self.cors_origins = http.cors_origins
         self._chunks: list[bytes] = []
         self._size = 0
-        app.in_flight.add(self)
+        http.in_flight.add(self)
 
     def on_finish(self) -> None:
-        self.app.in_flight.discard(self)
+        self.http.in_flight.discard(self)
 
     def on_connection_close(self) -> None:
-        self.app.in_flight.discard(self)
+        self.http.in_flight.discard(self)
         super().on_connection_close()
 
     # -- request body --------------------------------------------------------
@@ -129,27 +144,23 @@ class BaseHandler(JsonErrors, RequestHandler):
             # authentication a subclass's prepare() would do.
             self.options()
             return
-        limit = self.app.config.api.max_body_bytes
+        limit = self.http.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None:
             # isascii(): str.isdigit() also accepts "²", which int() then refuses (a 500).
             if not (length.strip().isascii() and length.strip().isdigit()):
                 raise bad_request("Content-Length is not a number")
             if int(length) > limit:
-                raise ApiError(413, "payload_too_large",
-                               f"the body is larger than the limit of {limit} bytes",
-                               {"limit": limit})
+                raise payload_too_large(limit)
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
         self._size += len(chunk)
-        limit = self.app.config.api.max_body_bytes
+        limit = self.http.max_body_bytes
         if self._size > limit:
             self._chunks = []
-            self.send_api_error(ApiError(413, "payload_too_large",
-                                         f"the body is larger than the limit of {limit} bytes",
-                                         {"limit": limit}))
+            self.send_api_error(payload_too_large(limit))
             return
         self._chunks.append(chunk)
 
@@ -158,9 +169,7 @@ class BaseHandler(JsonErrors, RequestHandler):
         content_type = self.request.headers.get("Content-Type", "")
         media = content_type.split(";", 1)[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
-            raise ApiError(415, "unsupported_media_type",
-                           "send the body as JSON with Content-Type: application/json",
-                           {"content_type": content_type[:100]})
+            raise unsupported_media_type(content_type)
         if not raw.strip():
             raise bad_request("the body is empty; send a JSON object")
         try:
@@ -182,12 +191,9 @@ class BaseHandler(JsonErrors, RequestHandler):
             return
         allowed = self._allowed_origin()
         if allowed is None:
-            raise ApiError(403 if self.app.config.api.cors_origins else 405,
-                           "forbidden" if self.app.config.api.cors_origins else
-                           "method_not_allowed",
-                           "cross-origin requests from this origin are not allowed"
-                           if self.app.config.api.cors_origins else
-                           "CORS is not enabled ([api] cors_origins)")
+            if self.cors_origins:
+                raise from_status(403, "cross-origin requests from this origin are not allowed")
+            raise from_status(405, "CORS is not enabled ([api] cors_origins)")
         self.set_status(204)
         self._cors()
         self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
@@ -207,4 +213,4 @@ class NotFoundHandler(BaseHandler):
         super().prepare()
         if self.request.method == "OPTIONS":
             return
-        raise ApiError(404, "not_found", f"no such path: {self.request.path[:200]}")
+        raise not_found(f"no such path: {self.request.path[:200]}")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pylight.auth import Identity
     from pylight.backend import Backend
     from pylight.hub import Change
+    from pylight.publisher import Bus
 
 hookspec = pluggy.HookspecMarker("pylight")
 
@@ -86,6 +87,25 @@ def pylight_shutdown(app: Pylight) -> Any:
 
 
 @hookspec(firstresult=True)
+def pylight_change_bus(app: Pylight) -> Bus | None:
+    """Offer a bus that carries committed changes between Pylight processes.
+
+    Called once while the server is built, after the database has been
+    reflected. Return None unless your configuration asks for a bus (the
+    bundled Redis bus answers only with ``[bus] url``). A bus (see
+    :class:`pylight.publisher.Bus`) has ``relay(change)``, called on the event
+    loop in commit order for every change this process publishes, and
+    ``start()`` / ``stop()``, which the server runs as it starts and stops.
+    The bus numbers each change the same way on every process and hands it
+    to each process's ``app.hub.deliver(change, seq)``, this one included;
+    while it cannot, it delivers locally (``app.hub.deliver(change)``). Raise
+    :class:`pylight.StartupError` for a configuration it cannot use.
+
+    Returns: a bus or None. First result: the first non-None wins.
+    """
+
+
+@hookspec(firstresult=True)
 def pylight_format_notification(change: Change, seq: int) -> dict[str, Any] | None:
     """Shape the WebSocket message for one committed change.
 
@@ -95,7 +115,11 @@ def pylight_format_notification(change: Change, seq: int) -> dict[str, Any] | No
     ``old``, ``at``) holding JSON values of visible columns only. Return a
     JSON-serialisable dict; it is encoded once and sent to every subscriber
     whose filter matches. When a filtered subscriber's row moved out of its
-    filter, Pylight sends the same dict with ``"matches": false`` added.
+    filter, Pylight sends the same dict with ``"matches": false`` added. When
+    the row moved out of the rows an auth row filter lets a subscriber see,
+    the hook is called once more for that change with ``record`` and ``old``
+    None and ``pk`` the row's key as it was, and ``"matches": false`` is added
+    to what it returns (see :mod:`pylight.messages`).
 
     The bundled ``pylight_formatter`` plugin (``trylast``) produces the
     contract's default shape; an implementation registered by another plugin

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pylight import values
+from pylight import messages, values
 
 log = logging.getLogger("pylight")
 
@@ -46,32 +46,30 @@ class Change:
 class Notice:
     """A numbered change with its message, encoded at most once per variant."""
 
-    __slots__ = ("change", "seq", "message", "_texts", "wire")
+    __slots__ = ("change", "seq", "message", "_texts", "_formatter", "encodings")
 
-    #: The message variants a subscriber may get: as formatted; with ``"matches":
-    #: false``, for a row that left its filter; without ``old``, when the row as it
-    #: was is one the subscriber may not read (an auth row filter).
-    VARIANTS = ("plain", "unmatched", "without_old")
+    #: The message variants a subscriber may get (see :mod:`pylight.messages`).
+    VARIANTS = ("plain", "unmatched", "without_old", "left")
 
-    def __init__(self, change: Change, seq: int, message: dict[str, Any]) -> None:
+    def __init__(self, change: Change, seq: int, formatter: messages.Formatter) -> None:
         self.change = change
         self.seq = seq
-        self.message = message
+        self._formatter = formatter
+        self.message = formatter(change, seq)
         self._texts: dict[str, str] = {}
-        # Transport encodings of the texts (e.g. WebSocket frames), made once
-        # by the transport and shared by all its subscribers.
-        self.wire: dict[Any, bytes] = {}
+        # Transports keep their encodings of the texts here (a WebSocket frame),
+        # made once by the transport and shared by all its subscribers.
+        self.encodings: dict[Any, bytes] = {}
 
-    def variant(self, name: str) -> str:
-        """The text of one of :attr:`VARIANTS`, encoded at most once."""
+    def variant(self, name: str, key: Any = None) -> str:
+        """The text of one of :attr:`VARIANTS`, encoded at most once. ``key``: for
+        ``left``, the key of the row as it was (the same for every subscriber)."""
         text = self._texts.get(name)
         if text is None:
-            if name == "unmatched":
-                message = {**self.message, "matches": False}
-            elif name == "without_old":
-                message = {**self.message, "old": None} if "old" in self.message else self.message
+            if name == "left":
+                message = messages.left(self._formatter, self.change, self.seq, key)
             else:
-                message = self.message
+                message = messages.variant(self.message, name)
             text = self._texts[name] = values.dumps(message)
         return text
 
@@ -79,17 +77,12 @@ class Notice:
     def text(self) -> str:
         return self.variant("plain")
 
-    @property
-    def unmatched_text(self) -> str:
-        return self.variant("unmatched")
-
 
 class Subscriber(Protocol):
     def deliver(self, notice: Notice) -> None:
         """Queue ``notice`` for the client (or drop it if the filter says so)."""
 
 
-Formatter = Callable[[Change, int], dict[str, Any]]
 Listener = Callable[[Change], None]
 
 
@@ -135,14 +128,21 @@ class Feed:
 
 
 class Hub:
-    def __init__(self, formatter: Formatter, replay_buffer: int = 10000) -> None:
+    def __init__(self, formatter: messages.Formatter, replay_buffer: int = 10000) -> None:
         self.formatter = formatter
         self.replay_buffer = replay_buffer
         self.feeds: dict[str, Feed] = {}
         self._listeners: dict[str | None, list[Listener]] = {}
-        # Set by a bus plugin: carries local changes to every process (this one
-        # included), which then deliver() them with the same seq.
-        self.relay: Callable[[Change], Any] | None = None
+        self._outward: Callable[[Change], Any] = self.deliver
+
+    def route_through(self, publish: Callable[[Change], Any]) -> None:
+        """Where :meth:`publish` sends changes (a bus between processes): chosen once,
+        by the server at start-up (see :mod:`pylight.publisher`)."""
+        self._outward = publish
+
+    def notice(self, change: Change, seq: int) -> Notice:
+        """``change`` numbered ``seq``, with its message formatted."""
+        return Notice(change, seq, self.formatter)
 
     def feed(self, table: str) -> Feed:
         feed = self.feeds.get(table)
@@ -164,17 +164,14 @@ class Hub:
                 listeners.remove(listener)
         return unsubscribe
 
-    def publish(self, change: Change) -> Notice | None:
-        """Take a change that originated in this process (a REST write, change capture).
+    def publish(self, change: Change) -> None:
+        """Take a change that originated in this process (change capture, a plugin).
 
-        With a relay (a bus between processes) the relay numbers it the same
-        way on every process and hands it back through :meth:`deliver`;
-        otherwise it is delivered here at once.
+        With a bus between processes the bus numbers it the same way on every
+        process and hands it back through :meth:`deliver`; otherwise it is
+        delivered here at once.
         """
-        if self.relay is not None:
-            self.relay(change)
-            return None
-        return self.deliver(change)
+        self._outward(change)
 
     def deliver(self, change: Change, seq: int | None = None) -> Notice:
         """Number ``change`` (or take ``seq`` from its origin), keep it and fan it out.
@@ -184,7 +181,7 @@ class Hub:
         """
         feed = self.feed(change.table)
         feed.seq = seq if seq is not None else feed.seq + 1
-        notice = Notice(change, feed.seq, self.formatter(change, feed.seq))
+        notice = Notice(change, feed.seq, self.formatter)
         feed.ring.append(notice)
         for subscriber in list(feed.subscribers):
             try:

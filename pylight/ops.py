@@ -1,6 +1,6 @@
 """Operations: Prometheus metrics at `/metrics`, `/healthz`, `/readyz` and the JSON access log.
 
-Each :class:`~pylight.app.Pylight` has its own :class:`Metrics` (its own
+Each server has its own :class:`Metrics` (its own
 ``CollectorRegistry``, so several servers can share one process). The hot
 paths stay cheap: a request costs one counter increment and one histogram
 observation (label children are cached); a WebSocket message costs one
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote  # a JSON string literal, in C
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +22,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from pylight.connections import Connections
+from pylight.db import Database
 from pylight.errors import ApiError, unavailable
-from pylight.handlers import BaseHandler
+from pylight.handlers import BaseHandler, HttpContext
 from pylight.redaction import redact
+from pylight.schema import TableInfo
 
 if TYPE_CHECKING:
     import tornado.web
-
-    from pylight.app import Pylight
 
 access_log = logging.getLogger("tornado.access")
 
@@ -77,11 +79,23 @@ def access_line(handler: tornado.web.RequestHandler, table: str) -> str:
 
 # -- metrics ---------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ServerState:
+    """What the metrics read when scraped, and the readiness check asks."""
+
+    tables: dict[str, TableInfo]
+    connections: Connections
+    feeds_enabled: bool
+    in_flight: set[Any]
+    database: Database
+    stopping: Callable[[], bool]
+
+
 class Metrics:
     """One server's registry: request metrics on the hot path, the rest collected at scrape."""
 
-    def __init__(self, app: Pylight) -> None:
-        self.app = app
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("pylight_http_requests", "HTTP requests handled (WebSocket upgrades "
                                 "are 101), by table or route, method and status",
@@ -89,7 +103,7 @@ class Metrics:
         self.latency = Histogram("pylight_http_request_duration_seconds",
                                  "Time to handle an HTTP request, by table or route and method",
                                  ("table", "method"), buckets=BUCKETS, registry=self.registry)
-        self.registry.register(StateCollector(app))
+        self.registry.register(StateCollector(state))
         ProcessCollector(registry=self.registry)
         # Label children, cached: .labels() costs more than the increment itself.
         self._counters: dict[tuple[str, str, int], Any] = {}
@@ -106,7 +120,7 @@ class Metrics:
             return route
         # No path_args when Tornado refused the method before routing them (405).
         args = getattr(handler, "path_args", None)
-        if args and args[0] in self.app.tables:
+        if args and args[0] in self.state.tables:
             return args[0]
         return UNKNOWN_TABLE
 
@@ -141,25 +155,25 @@ def route_name(cls: type) -> str | None:
 class StateCollector(Collector):
     """Gauges and counters read from the server's state when scraped, never kept up to date."""
 
-    def __init__(self, app: Pylight) -> None:
-        self.app = app
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
 
     def describe(self) -> list[Any]:
         return []  # the metric set is fixed, but collect() reads live state: no dry run at register
 
     def collect(self) -> Iterator[Any]:
-        app = self.app
-        connections = app.connections
+        state = self.state
+        connections = state.connections
         per_table: dict[str, int] = {}
         queued = longest = 0
         for conn in connections.open:
             per_table[conn.table_name] = per_table.get(conn.table_name, 0) + 1
-            depth = len(conn.queue)
+            depth = len(conn.outbox)
             queued += depth
             if depth > longest:
                 longest = depth
-        if app.config.realtime.enabled:
-            for name in app.tables:
+        if state.feeds_enabled:
+            for name in state.tables:
                 per_table.setdefault(name, 0)
         gauge = GaugeMetricFamily("pylight_websocket_connections",
                                   "Open WebSocket feed connections, by table", labels=("table",))
@@ -186,37 +200,45 @@ class StateCollector(Collector):
                                 "Messages waiting in the longest feed connection queue",
                                 value=longest)
         yield GaugeMetricFamily("pylight_http_requests_in_flight",
-                                "HTTP requests being handled", value=len(app.in_flight))
-        db = getattr(app, "db", None)
-        if db is not None:
-            stats = db.stats()
-            pool = GaugeMetricFamily("pylight_db_connections",
-                                     "Pooled database connections, by state", labels=("state",))
-            pool.add_metric(("in_use",), stats["connections_in_use"])
-            pool.add_metric(("idle",), stats["connections_idle"])
-            yield pool
-            yield GaugeMetricFamily("pylight_db_connections_max", "The pool's size ([database] "
-                                    "pool_size)", value=stats["connections_max"])
-            yield GaugeMetricFamily("pylight_db_executor_busy",
-                                    "Worker threads running a database call",
-                                    value=stats["executor_busy"])
-            yield GaugeMetricFamily("pylight_db_executor_queue",
-                                    "Database calls waiting for a worker thread",
-                                    value=stats["executor_queue"])
+                                "HTTP requests being handled", value=len(state.in_flight))
+        yield from self._pool(state.database.stats())
+
+    def _pool(self, stats: dict[str, int]) -> Iterator[Any]:
+        """The database pool's figures."""
+        pool = GaugeMetricFamily("pylight_db_connections",
+                                 "Pooled database connections, by state", labels=("state",))
+        pool.add_metric(("in_use",), stats["connections_in_use"])
+        pool.add_metric(("idle",), stats["connections_idle"])
+        yield pool
+        yield GaugeMetricFamily("pylight_db_connections_max", "The pool's size ([database] "
+                                "pool_size)", value=stats["connections_max"])
+        yield GaugeMetricFamily("pylight_db_executor_busy",
+                                "Worker threads running a database call",
+                                value=stats["executor_busy"])
+        yield GaugeMetricFamily("pylight_db_executor_queue",
+                                "Database calls waiting for a worker thread",
+                                value=stats["executor_queue"])
 
 
 # -- the handlers ------------------------------------------------------------------------
 
-class MetricsHandler(BaseHandler):
+class OpsHandler(BaseHandler):
+    def initialize(self, http: HttpContext, metrics: Metrics) -> None:  # type: ignore[override]
+        super().initialize(http)
+        self.metrics = metrics
+        self.state = metrics.state
+
+
+class MetricsHandler(OpsHandler):
     metrics_route = ":metrics"
 
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.set_header("Cache-Control", "no-store")
-        self.finish(self.app.metrics.exposition())
+        self.finish(self.metrics.exposition())
 
 
-class HealthHandler(BaseHandler):
+class HealthHandler(OpsHandler):
     """The process is alive and its event loop answers."""
 
     metrics_route = ":healthz"
@@ -226,17 +248,17 @@ class HealthHandler(BaseHandler):
         self.write_json({"status": "ok"})
 
 
-class ReadyHandler(BaseHandler):
+class ReadyHandler(OpsHandler):
     """The database answers ``SELECT 1`` in time (503 with Retry-After otherwise)."""
 
     metrics_route = ":readyz"
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        if self.app.stopping:
+        if self.state.stopping():
             raise unavailable("the server is shutting down", retry_after=5)
         try:
-            await self.app.db.ping(READY_TIMEOUT)
+            await self.state.database.ping(READY_TIMEOUT)
         except ApiError as exc:
             if exc.status != 503:
                 raise unavailable(f"the database check failed: {exc.message}") from None
@@ -246,8 +268,8 @@ class ReadyHandler(BaseHandler):
         self.write_json({"status": "ready"})
 
 
-def routes(app: Pylight) -> list[tuple[str, type, dict[str, Any]]]:
-    kwargs = {"app": app}
+def routes(http: HttpContext, metrics: Metrics) -> list[tuple[str, type, dict[str, Any]]]:
+    kwargs = {"http": http, "metrics": metrics}
     return [
         (r"/metrics", MetricsHandler, kwargs),
         (r"/healthz", HealthHandler, kwargs),

@@ -3,39 +3,62 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from pylight import query as ql
-from pylight import store, values
-from pylight.auth import Identity
+from pylight import values
+from pylight.auth import Auth, Identity
+from pylight.catalog import Catalog
+from pylight.config import ApiSettings
 from pylight.errors import ApiError, bad_request, method_not_allowed, not_found, unprocessable
-from pylight.handlers import BaseHandler
+from pylight.handlers import BaseHandler, HttpContext
+from pylight.rows import Rows
 from pylight.schema import TableInfo
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RestContext:
+    """What the REST handlers are handed: the tables, their rows, auth and the catalog."""
+
+    tables: dict[str, TableInfo]
+    rows: Rows
+    auth: Auth
+    catalog: Catalog
+    settings: ApiSettings
 
 
 class TableHandler(BaseHandler):
     identity: Identity | None = None
 
-    async def run_write(self, table: TableInfo, fn: Any, *args: Any,
-                    rows: list[dict[str, Any]] = ()) -> Any:
-        """Run a write; a value the database refused is blamed on its column."""
+    def initialize(self, http: HttpContext, rest: RestContext) -> None:  # type: ignore[override]
+        super().initialize(http)
+        self.rest = rest
+        self.rows = rest.rows
+        self.auth = rest.auth
+
+    async def run_write(self, table: TableInfo, write: Awaitable[T],
+                        rows: list[dict[str, Any]] = ()) -> T:
+        """Await a write; a value the database refused is blamed on its column."""
         try:
-            return await self.app.db.write(table.name, fn, table, self.app.backend, *args,
-                                           publish=self.app.publish_writes)
+            return await write
         except ApiError as error:
             raise _blame_column(error, table, rows) from None
 
     async def prepare(self) -> None:
         super().prepare()
-        if self.app.auth.enabled and not self._finished:
-            self.identity = await self.app.auth.authenticate(self.request)
+        if self.auth.enabled and not self._finished:
+            self.identity = await self.auth.authenticate(self.request)
 
     def row_check(self, table: TableInfo) -> ql.Matcher | None:
-        return self.app.auth.matcher(self.identity, table) if self.app.auth.enabled else None
+        return self.auth.matcher(self.identity, table) if self.auth.enabled else None
 
     def table(self, name: str) -> TableInfo:
-        table = self.app.tables.get(name)
+        table = self.rest.tables.get(name)
         if table is None:
             raise not_found(f"no table named {name[:100]!r}", table=name[:100])
         return table
@@ -75,7 +98,7 @@ class TableHandler(BaseHandler):
 
     def location(self, table: TableInfo, record: dict[str, Any]) -> str:
         key = ",".join(str(record.get(name)) for name in table.primary_key)
-        return f"{self.app.config.api.prefix}/{quote(table.name)}/{quote(key, safe=',')}"
+        return f"{self.rest.settings.prefix}/{quote(table.name)}/{quote(key, safe=',')}"
 
 
 class CollectionHandler(TableHandler):
@@ -85,9 +108,9 @@ class CollectionHandler(TableHandler):
         if self._finished:
             return
         table = self.table(name)
-        api = self.app.config.api
+        api = self.rest.settings
         arguments = self.request.query_arguments
-        auth = self.app.auth
+        auth = self.auth
         # ?token= is a credential for browsers, never a column filter (and never
         # copied into a next link).
         ignore = ("token",) if auth.authenticates else ()
@@ -98,7 +121,7 @@ class CollectionHandler(TableHandler):
             if rows is not None:
                 q.where = ql.Group((q.where, rows))
         try:
-            page = await self.app.db.read(store.list_rows, table, self.app.backend, q)
+            page = await self.rows.page(table, q)
         except ApiError as error:
             raise _as_query_error(error, arguments) from None
         link = None
@@ -122,10 +145,10 @@ class CollectionHandler(TableHandler):
             return
         table = self.table(name)
         self.check_writable(table, ["GET"])
-        if self.app.auth.enabled:
+        if self.auth.enabled:
             # May the caller create here at all? Asked before the body is read, so
             # an anonymous or unpermitted caller gets its 401/403, not a 422.
-            await self.app.auth.authorize(self.identity, "create", table.name)
+            await self.auth.authorize(self.identity, "create", table.name)
         body = self.json_body()
         many = isinstance(body, list)
         if many:
@@ -137,11 +160,11 @@ class CollectionHandler(TableHandler):
             rows = [self.coerce_row(table, body, False)]
         else:
             raise bad_request("expected a JSON object, or an array of objects")
-        if self.app.auth.authorizes:
+        if self.auth.authorizes:
             for item in body if many else [body]:
-                await self.app.auth.authorize(self.identity, "create", table.name, item)
-        records = await self.run_write(table, store.insert_rows, rows, self.row_check(table),
-                                   rows=rows)
+                await self.auth.authorize(self.identity, "create", table.name, item)
+        records = await self.run_write(table, self.rows.insert(table, rows, self.row_check(table)),
+                                       rows)
         if many:
             self.write_json({"items": records}, 201)
             return
@@ -158,7 +181,7 @@ class ItemHandler(TableHandler):
             kind = "a view" if table.is_view else "a table without a primary key"
             raise method_not_allowed(
                 f"{table.name!r} is {kind}, so it has no item routes; "
-                f"use filters on {self.app.config.api.prefix}/{table.name}", [])
+                f"use filters on {self.rest.settings.prefix}/{table.name}", [])
         parts = [text] if len(table.primary_key) == 1 else text.split(",")
         if len(parts) != len(table.primary_key):
             raise bad_request(
@@ -178,17 +201,17 @@ class ItemHandler(TableHandler):
             return
         table = self.table(name)
         key = self.key(table, key_text)
-        if self.app.auth.enabled:
+        if self.auth.enabled:
             # Table-level first: a caller who may not read the table learns
             # nothing (not even whether the row exists: 401/403, never 404) and
             # costs no database read.
-            await self.app.auth.authorize(self.identity, "read", table.name)
+            await self.auth.authorize(self.identity, "read", table.name)
         check = self.row_check(table)
-        record = await self.app.db.read(store.get_row, table, key)
+        record = await self.rows.get(table, key)
         if record is None or (check is not None and not check(record)):
             raise not_found(f"no row in {table.name!r} with key {key_text[:100]!r}")
-        if self.app.auth.authorizes:
-            await self.app.auth.authorize(self.identity, "read", table.name, record)
+        if self.auth.authorizes:
+            await self.auth.authorize(self.identity, "read", table.name, record)
         self.write_json(record)
 
     async def authorize_change(self, table: TableInfo, action: str, key: list[Any]) -> None:
@@ -197,9 +220,9 @@ class ItemHandler(TableHandler):
         The table-level check (record None) is made by the caller before the
         body is read, so a refused caller gets its 401/403 rather than a 422.
         """
-        auth = self.app.auth
+        auth = self.auth
         if auth.authorizes:
-            record = await self.app.db.read(store.get_row, table, key)
+            record = await self.rows.get(table, key)
             if record is not None:
                 await auth.authorize(self.identity, action, table.name, record)
 
@@ -209,13 +232,13 @@ class ItemHandler(TableHandler):
         table = self.table(name)
         key = self.key(table, key_text)
         self.check_writable(table, ["GET"])
-        if self.app.auth.enabled:
-            await self.app.auth.authorize(self.identity, "update", table.name)
+        if self.auth.enabled:
+            await self.auth.authorize(self.identity, "update", table.name)
         row = self.coerce_row(table, self.json_body(), True)
-        if self.app.auth.enabled:
+        if self.auth.enabled:
             await self.authorize_change(table, "update", key)
-        record = await self.run_write(table, store.update_row, key, row, self.row_check(table),
-                                  rows=[row])
+        record = await self.run_write(
+            table, self.rows.update(table, key, row, self.row_check(table)), [row])
         self.write_json(record)
 
     patch = put
@@ -226,10 +249,10 @@ class ItemHandler(TableHandler):
         table = self.table(name)
         key = self.key(table, key_text)
         self.check_writable(table, ["GET"])
-        if self.app.auth.enabled:
-            await self.app.auth.authorize(self.identity, "delete", table.name)
+        if self.auth.enabled:
+            await self.auth.authorize(self.identity, "delete", table.name)
             await self.authorize_change(table, "delete", key)
-        await self.run_write(table, store.delete_row, key, self.row_check(table))
+        await self.run_write(table, self.rows.delete(table, key, self.row_check(table)))
         self.set_status(204)
         self._cors()
         self.clear_header("Content-Type")
@@ -241,12 +264,12 @@ class SchemaHandler(TableHandler):
 
     async def readable(self) -> dict[str, TableInfo]:
         """The tables the caller may read: the schema documents show only those."""
-        if not self.app.auth.enabled:
-            return self.app.tables
+        if not self.auth.enabled:
+            return self.rest.tables
         tables = {}
-        for name, table in self.app.tables.items():
+        for name, table in self.rest.tables.items():
             try:
-                await self.app.auth.authorize(self.identity, "read", name)
+                await self.auth.authorize(self.identity, "read", name)
             except ApiError:
                 continue
             tables[name] = table
@@ -256,7 +279,7 @@ class SchemaHandler(TableHandler):
         if self._finished:
             return
         tables = await self.readable()
-        self.write_json({"tables": [self.app.describe_table(t) for t in tables.values()]})
+        self.write_json({"tables": [self.rest.catalog.describe(t) for t in tables.values()]})
 
 
 class OpenApiHandler(SchemaHandler):
@@ -265,10 +288,10 @@ class OpenApiHandler(SchemaHandler):
     async def get(self) -> None:
         if self._finished:
             return
-        if not self.app.auth.enabled:
-            self.write_json(self.app.openapi())
+        if not self.auth.enabled:
+            self.write_json(self.rest.catalog.openapi())
             return
-        self.write_json(self.app.openapi(await self.readable()))
+        self.write_json(self.rest.catalog.openapi(await self.readable()))
 
 
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"\s*$')
@@ -306,8 +329,9 @@ def _blame_column(error: ApiError, table: TableInfo, rows: list[dict[str, Any]])
     return unprocessable(f"column {name!r}: {error.message}", column=name)
 
 
-def routes(prefix: str, app: Any) -> list[tuple[str, type, dict[str, Any]]]:
-    kwargs = {"app": app}
+def routes(http: HttpContext, rest: RestContext) -> list[tuple[str, type, dict[str, Any]]]:
+    prefix = rest.settings.prefix
+    kwargs = {"http": http, "rest": rest}
     return [
         (rf"{prefix}/?", SchemaHandler, kwargs),
         (rf"{prefix}/openapi\.json", OpenApiHandler, kwargs),

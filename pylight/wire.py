@@ -73,14 +73,16 @@ def deflated_text_frame(text: str, window_bits: int) -> bytes:
     return frame(data, 0xC1)  # FIN, RSV1 ("compressed"), text
 
 
-def notice_frame(notice: Notice, variant: str = "plain", window_bits: int | None = None) -> bytes:
-    """The frame of a notice's message (one of ``Notice.VARIANTS``), built once and
-    shared by every subscriber; deflated for ``window_bits`` when given."""
-    key: Any = variant if window_bits is None else (variant, window_bits)
-    built = notice.wire.get(key)
+def notice_frame(notice: Notice, variant: str = "plain", window_bits: int | None = None,
+                 key: Any = None) -> bytes:
+    """The frame of a notice's message (one of ``Notice.VARIANTS``; ``key`` for
+    ``left``), built once and shared by every subscriber; deflated for
+    ``window_bits`` when given."""
+    cached: Any = variant if window_bits is None else (variant, window_bits)
+    built = notice.encodings.get(cached)
     if built is None:
-        text = notice.variant(variant)
-        built = notice.wire[key] = text_frame(text) if window_bits is None \
+        text = notice.variant(variant, key)
+        built = notice.encodings[cached] = text_frame(text) if window_bits is None \
             else deflated_text_frame(text, window_bits)
     return built
 
@@ -271,6 +273,35 @@ class FeedProtocol(WebSocketProtocol13):
         return _Failed()
 
     async def _read_frame(self) -> None:
+        final, opcode, compressed, length = await self._read_header()
+        control = bool(opcode & 0x8)
+        buffered = self._fragmented_message_buffer
+        if opcode == 0x0 and buffered is None:
+            raise self._fail_frame(1002, "a continuation frame with no message to continue")
+        if opcode in (0x1, 0x2) and buffered is not None:
+            raise self._fail_frame(1002, "a new message began before the last one ended")
+        if not control and length + (len(buffered) if opcode == 0 and buffered else 0) \
+                > self.params.max_message_size:
+            raise self._fail_frame(1009, "message too big")
+        mask = await self._read_bytes(4)
+        if opcode in (0x1, 0x2):  # a message begins; uncompressed text is checked as it
+            # arrives, so invalid UTF-8 fails the connection at once (Autobahn 6.4.x)
+            self._utf8 = codecs.getincrementaldecoder("utf-8")() \
+                if opcode == 0x1 and not compressed else None
+        if control or self._utf8 is None:
+            data = _websocket_mask(mask, await self._read_bytes(length))
+        else:
+            data = await self._read_text(length, mask)
+        if control:
+            await self._on_control(opcode, data)
+            return
+        if final:
+            self._check_utf8(b"", True)
+            self._utf8 = None
+        await self._on_data(final, opcode, data, compressed)
+
+    async def _read_header(self) -> tuple[bool, int, bool, int]:
+        """``(final, opcode, compressed, payload length)`` of the next frame, checked."""
         header, second = struct.unpack("BB", await self._read_bytes(2))
         final = bool(header & self.FIN)
         reserved = header & self.RSV_MASK
@@ -297,29 +328,10 @@ class FeedProtocol(WebSocketProtocol13):
             (length,) = struct.unpack("!Q", await self._read_bytes(8))
             if length >> 63:
                 raise self._fail_frame(1002, "the most significant bit of a length must be 0")
-        buffered = self._fragmented_message_buffer
-        if opcode == 0x0 and buffered is None:
-            raise self._fail_frame(1002, "a continuation frame with no message to continue")
-        if opcode in (0x1, 0x2) and buffered is not None:
-            raise self._fail_frame(1002, "a new message began before the last one ended")
-        if not control and length + (len(buffered) if opcode == 0 and buffered else 0) \
-                > self.params.max_message_size:
-            raise self._fail_frame(1009, "message too big")
-        mask = await self._read_bytes(4)
-        if opcode in (0x1, 0x2):  # a message begins; uncompressed text is checked as it
-            # arrives, so invalid UTF-8 fails the connection at once (Autobahn 6.4.x)
-            self._utf8 = codecs.getincrementaldecoder("utf-8")() \
-                if opcode == 0x1 and not compressed else None
-        if control or self._utf8 is None:
-            data = _websocket_mask(mask, await self._read_bytes(length))
-        else:
-            data = await self._read_text(length, mask)
-        if control:
-            await self._on_control(opcode, data)
-            return
-        if final:
-            self._check_utf8(b"", True)
-            self._utf8 = None
+        return final, opcode, compressed, length
+
+    async def _on_data(self, final: bool, opcode: int, data: bytes, compressed: bool) -> None:
+        """A data frame's payload: a whole message, or a fragment of one."""
         if opcode != 0x0:  # the first frame of a message
             if final:
                 await self._on_message(opcode, data, compressed)
@@ -328,6 +340,7 @@ class FeedProtocol(WebSocketProtocol13):
             self._fragment_compressed = compressed
             self._fragmented_message_buffer = bytearray(data)
             return
+        buffered = self._fragmented_message_buffer
         assert buffered is not None
         buffered.extend(data)
         if final:

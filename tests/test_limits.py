@@ -118,9 +118,13 @@ def test_limits_are_validated(tmp_path):
 def test_connection_counters_and_zero_means_no_limit():
     connections = Connections(20, 10)
 
+    class Outbox:
+        sent = 0
+
     class Conn:
         def __init__(self, client: str) -> None:
             self.client = client
+            self.outbox = Outbox()
 
     a, b, c = Conn("10.0.0.1"), Conn("10.0.0.1"), Conn("10.0.0.2")
     for conn in (a, b, c, a):  # adding twice counts once

@@ -183,8 +183,8 @@ async def test_drop_metrics_by_reason_and_queue_depths(strict_feeds):
         seen_depth = 0
         for i in range(50_000):
             app.hub.publish(Change("products", "updated", 1, {"id": 1, "name": f"n{i}"}))
-            if stalled.queue and not seen_depth:
-                depth = len(stalled.queue)
+            if stalled.outbox.queue and not seen_depth:
+                depth = len(stalled.outbox.queue)
                 metrics = local_scrape(server)
                 assert metrics["pylight_websocket_queue_messages_max"] == depth
                 assert metrics["pylight_websocket_queue_messages"] == depth

@@ -280,7 +280,7 @@ async def test_client_that_stops_reading_is_dropped_and_memory_stays_bounded(sma
     for start in range(0, total, chunk):
         for i in range(start, start + chunk):
             app.hub.publish(Change("products", "updated", 1, {"id": 1, "name": f"n{i}"}))
-            longest = max(longest, len(stalled.queue))
+            longest = max(longest, len(stalled.outbox.queue))
         if drained is None and stalled not in app.connections.open:
             # dropped: read what it was sent, up to the close frame, while we go on
             drained = asyncio.ensure_future(in_thread(read_until_close_frame, sock, early))
@@ -294,7 +294,7 @@ async def test_client_that_stops_reading_is_dropped_and_memory_stays_bounded(sma
     assert longest <= 100, "the per-connection queue is bounded by max_pending"
     assert drained is not None, "the stalled client was never dropped"
     assert app.connections.dropped_by_backpressure == 1
-    assert stalled.queue == type(stalled.queue)()
+    assert stalled.outbox.queue == type(stalled.outbox.queue)()
     assert rss_growth < 100 * 1024 * 1024, f"RSS grew {rss_growth / 1e6:.0f} MB"
     frames = await drained
     sock.close()
@@ -447,7 +447,7 @@ async def test_resuming_client_that_stops_reading_is_dropped_too(tiny_queue_big_
     longest = 0
     for i in range(2000):  # the ring moves past what it still had to replay
         app.hub.publish(Change("products", "updated", 1, {"id": 1, "name": f"m{i}"}))
-        longest = max(longest, len(stalled.queue))
+        longest = max(longest, len(stalled.outbox.queue))
     assert longest <= 10
     assert app.connections.count() == 0
     assert app.connections.dropped_by_backpressure == 1

@@ -415,7 +415,7 @@ def test_building_the_openapi_document_runs_no_sql(server):
 
     db.execute_sql = counting
     try:
-        document = app.openapi(dict(app.tables))
+        document = app.catalog.openapi(dict(app.tables))
     finally:
         db.execute_sql = plain
     assert calls == []

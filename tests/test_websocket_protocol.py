@@ -481,7 +481,7 @@ async def test_compressed_changes_arrive_whole(compressing, offer, window):
         assert json.loads(inflate(pong, window)) == {"type": "pong"}
         # and the same frame went to every subscriber: it was compressed once
         notice = app.hub.feed("products").ring[-1]
-        assert ("plain", window) in notice.wire
+        assert ("plain", window) in notice.encodings
     finally:
         sock.close()
 

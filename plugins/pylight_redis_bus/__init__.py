@@ -32,8 +32,7 @@ import logging
 import os
 import time
 import uuid
-import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -44,7 +43,7 @@ from redis.retry import Retry
 from pylight import hookimpl, values
 from pylight.backend import redact_url, url_scheme
 from pylight.errors import StartupError
-from pylight.hub import Change, Notice
+from pylight.hub import Change
 
 if TYPE_CHECKING:
     from pylight.app import Pylight
@@ -169,7 +168,6 @@ class RedisBus:
             log.info("bus: relaying changes through Redis at %s (channel %s)", self.shown_url,
                      self.channel)
             self.supervisor = asyncio.ensure_future(self._supervise(connected=True))
-        self.hub.relay = self.relay
 
     async def stop(self) -> None:
         """Let this process's last changes reach Redis, then close the connections."""
@@ -180,7 +178,7 @@ class RedisBus:
                 log.warning("bus: %d changes were not confirmed by Redis before shutdown",
                             len(self.pending))
         self.closing = True
-        self.hub.relay = None
+        self.state = "degraded"  # what is published from now on stays in this process
         if self.supervisor is not None:
             self.supervisor.cancel()
             try:
@@ -254,7 +252,7 @@ class RedisBus:
             if number <= feed.seq or self.replay <= 0:
                 continue
             change = decode_change(fields["change"])
-            feed.ring.append(Notice(change, number, self.hub.formatter(change, number)))
+            feed.ring.append(self.hub.notice(change, number))
             feed.seq = number
         feed.seq = max(feed.seq, seq)
 
@@ -396,13 +394,8 @@ class RedisBus:
         self.hub.deliver(change, seq)
 
 
-_buses: weakref.WeakKeyDictionary[Any, RedisBus] = weakref.WeakKeyDictionary()
-
-
 @hookimpl
-def pylight_startup(app: Pylight) -> Awaitable[None] | None:
-    # A plain function: without [bus] url it returns nothing to await, so a
-    # caller that does not await start-up hooks gets no stray coroutine.
+def pylight_change_bus(app: Pylight) -> RedisBus | None:
     url = app.config.bus.url
     if not url:
         return None
@@ -411,11 +404,4 @@ def pylight_startup(app: Pylight) -> Awaitable[None] | None:
                            "rediss://... or unix:///path.sock")
     if not app.config.bus.prefix:
         raise StartupError("[bus] prefix must not be empty")
-    bus = _buses[app] = RedisBus(app)
-    return bus.start()
-
-
-@hookimpl
-def pylight_shutdown(app: Pylight) -> Awaitable[None] | None:
-    bus = _buses.pop(app, None)
-    return bus.stop() if bus is not None else None
+    return RedisBus(app)

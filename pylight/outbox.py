@@ -1,0 +1,111 @@
+"""One feed connection's outgoing queue: bounded, written in coalesced batches.
+
+Messages arrive ready-made (bytes a transport built once per change and
+shares between its clients). At most one batch sits in Tornado's unbounded
+write buffer; the rest waits here, and a client that lets more than
+``max_pending`` messages wait is given up on (``overflow``) rather than
+allowed to grow the server's memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
+
+# How much of the queue is handed to the stream at once.
+BATCH_BYTES = 64 * 1024
+# Replayed messages queued at a time while a resuming client catches up.
+REPLAY_BATCH = 500
+
+Writer = Callable[[bytes, "list[bytes] | None"], Any]
+
+
+class Outbox:
+    def __init__(self, max_pending: int, write: Writer, is_open: Callable[[], bool],
+                 overflow: Callable[[], None]) -> None:
+        """``write(data, pieces)`` writes ``data`` (the ``pieces`` joined, or one piece
+        when ``pieces`` is None) and returns a future; ``is_open()`` says whether the
+        stream still takes writes; ``overflow()`` is called once too much waits."""
+        self.queue: deque[bytes] = deque()
+        self.max_pending = max_pending
+        self.replay_batch = max(1, min(max_pending // 2, REPLAY_BATCH))
+        self._write = write
+        self._is_open = is_open
+        self._overflow = overflow
+        self.sent = 0  # messages written (for metrics; one add per write)
+        self.in_flight = False
+        self.closed = False
+        # Called when a write completes, while a subscription replays (see Subscription).
+        self.refill: Callable[[], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def has_room(self) -> bool:
+        return not self.closed and len(self.queue) < self.replay_batch
+
+    def send(self, data: bytes) -> None:
+        """Queue one message; past ``max_pending`` waiting ones, overflow."""
+        if self.closed:
+            return
+        queue = self.queue
+        queue.append(data)
+        if len(queue) > self.max_pending:
+            self._overflow()
+            return
+        if not self.in_flight:
+            self._flush()
+
+    def close(self) -> None:
+        """Take nothing more and forget what waits."""
+        self.closed = True
+        self.queue.clear()
+        self.refill = None
+
+    def _flush(self) -> None:
+        """Hand queued messages to the stream as one write."""
+        if not self._is_open():
+            self.queue.clear()
+            return
+        queue = self.queue
+        pieces: list[bytes] | None = None
+        if len(queue) == 1:
+            data = queue.popleft()
+            self.sent += 1
+        else:
+            pieces = []
+            size = 0
+            while queue and size < BATCH_BYTES:
+                piece = queue.popleft()
+                size += len(piece)
+                pieces.append(piece)
+            data = b"".join(pieces)
+            self.sent += len(pieces)
+        try:
+            future = self._write(data, pieces)
+        except StreamClosedError:
+            queue.clear()
+            return
+        if future.done():
+            # Written to the socket at once (the common case): nothing to wait for.
+            future.exception()  # marks a failure as seen; it has closed the stream
+            if queue or self.refill is not None:  # more to send, or a replay to go on with
+                self.in_flight = True
+                IOLoop.current().add_callback(self._flushed, future)
+            return
+        self.in_flight = True
+        future.add_done_callback(self._flushed)
+
+    def _flushed(self, future: Any) -> None:
+        self.in_flight = False
+        if future.cancelled() or future.exception() is not None:
+            self.queue.clear()
+            return
+        if self.refill is not None:
+            self.refill()
+        if self.queue and not self.in_flight:
+            self._flush()
