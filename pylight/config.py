@@ -6,6 +6,7 @@ import ast
 import configparser
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,15 +131,30 @@ class Config:
         return dict(self.plugin_sections.get(name, {}))
 
 
+def _ini_boolean(text: str) -> bool | None:
+    """An on/off setting: ``1``, ``true``, ``yes``, ``on`` or ``0``, ``false``, ``no``,
+    ``off``, in any case; None for any other text (the caller names the setting).
+
+    Wider than the query language's ``true``/``false`` (values.query_boolean) on
+    purpose: these are the words configparser's own getboolean() takes, which operators
+    expect to write in an ini file, an environment variable or on the command line,
+    where no grammar of ours is involved. A URL's keywords stay strict instead.
+    """
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
 def _convert(raw: str, kind: Any, where: str) -> Any:
     text = raw.strip()
     if kind is bool or kind == "bool":
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise StartupError(f"{where}: expected true or false, got {raw!r}")
+        switch = _ini_boolean(text)
+        if switch is None:
+            raise StartupError(f"{where}: expected true or false, got {raw!r}")
+        return switch
     if kind is int or kind == "int":
         try:
             value = int(text)
@@ -224,6 +240,10 @@ def _check(config: Config) -> None:
         raise StartupError(f"{where}: [realtime] max_message_bytes must be at least 1")
 
 
+# {section: {key: text}}: values as given, before conversion (or where each came from).
+_BySection = dict[str, dict[str, str]]
+
+
 def load_config(
     path: str | None,
     overrides: dict[tuple[str, str], str] | None = None,
@@ -231,24 +251,60 @@ def load_config(
 ) -> Config:
     """Read `path`, then `PYLIGHT_<SECTION>_<KEY>` variables, then `overrides` (the CLI)."""
     environ = os.environ if environ is None else environ
+    source = path or "<defaults>"
+    raw, tables, plugin_sections = _sort_sections(_read_file(path), source)
+    # Each later source wins over the earlier ones, key by key; `origins` remembers
+    # which one a value came from so that an error blames the right place.
+    origins: _BySection = {}
+    _layer_environment(raw, origins, environ)
+    _layer_overrides(raw, origins, overrides or {})
+    built = {
+        section: _build(cls, raw.get(section, {}), f"{source} [{section}]", origins.get(section))
+        for section, cls in SECTIONS.items()
+    }
+    table_settings = {
+        name: _build(TableSettings, values, f"{source} [table:{name}]")
+        for name, values in tables.items()
+    }
+    built["api"] = _page_size_within_max(built["api"], raw.get("api", {}))
+    config = Config(
+        **built, tables=table_settings, plugin_sections=plugin_sections, source=source
+    )
+    _check(config)
+    return config
+
+
+def _read_file(path: str | None) -> configparser.ConfigParser:
+    """The parsed ini file (empty without a `path`), or a StartupError an operator can act on."""
     parser = configparser.ConfigParser(
         interpolation=None, inline_comment_prefixes=(";", "#"), strict=True
     )
-    source = path or "<defaults>"
-    if path is not None:
-        if not os.path.isfile(path):
-            raise StartupError(f"config file {path} not found (pass --conf with an existing file)")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                parser.read_file(fh, source=path)
-        except configparser.Error as exc:
-            raise StartupError(f"config file {path} is malformed: {_parse_error(exc)}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StartupError(f"config file {path} cannot be read: {exc}") from None
+    if path is None:
+        return parser
+    # Checked before open(): a missing path (or a directory) gets the hint to pass
+    # --conf, rather than an OSError's text.
+    if not os.path.isfile(path):
+        raise StartupError(f"config file {path} not found (pass --conf with an existing file)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh, source=path)
+    except configparser.Error as exc:
+        raise StartupError(f"config file {path} is malformed: {_parse_error(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"config file {path} cannot be read: {exc}") from None
+    return parser
 
-    raw: dict[str, dict[str, str]] = {}
-    tables: dict[str, dict[str, str]] = {}
-    plugin_sections: dict[str, dict[str, str]] = {}
+
+def _sort_sections(parser: configparser.ConfigParser,
+                   source: str) -> tuple[_BySection, _BySection, _BySection]:
+    """The file's sections as (settings sections, `[table:NAME]`s, `[plugin:NAME]`s).
+
+    An unknown section is an error rather than ignored: it is nearly always a typo,
+    and ignoring it would silently drop every setting in it.
+    """
+    raw: _BySection = {}
+    tables: _BySection = {}
+    plugin_sections: _BySection = {}
     for section in parser.sections():
         values = dict(parser.items(section))
         if section in SECTIONS:
@@ -263,35 +319,39 @@ def load_config(
                 f"{source}: unknown section [{section}] "
                 f"(known: {known}, [table:NAME], [plugin:NAME])"
             )
+    return raw, tables, plugin_sections
 
-    origins: dict[str, dict[str, str]] = {}
+
+def _layer_environment(raw: _BySection, origins: _BySection,
+                       environ: Mapping[str, str]) -> None:
+    """`PYLIGHT_<SECTION>_<KEY>` variables over the file's values.
+
+    Only names of real settings are looked up: the environment holds much that is
+    not ours, so a stray variable is no error (unlike a stray key in the file).
+    """
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             env_name = f"PYLIGHT_{section.upper()}_{f.name.upper()}"
             if env_name in environ:
                 raw.setdefault(section, {})[f.name] = environ[env_name]
                 origins.setdefault(section, {})[f.name] = f"environment variable {env_name}"
-    for (section, key), value in (overrides or {}).items():
+
+
+def _layer_overrides(raw: _BySection, origins: _BySection,
+                     overrides: dict[tuple[str, str], str]) -> None:
+    """Command-line options over everything else: the operator typed them last."""
+    for (section, key), value in overrides.items():
         raw.setdefault(section, {})[key] = value
         origins.setdefault(section, {})[key] = f"command line --{key.replace('_', '-')}"
 
-    built = {
-        section: _build(cls, raw.get(section, {}), f"{source} [{section}]", origins.get(section))
-        for section, cls in SECTIONS.items()
-    }
-    table_settings = {
-        name: _build(TableSettings, values, f"{source} [table:{name}]")
-        for name, values in tables.items()
-    }
-    api = built["api"]
-    if "default_limit" not in raw.get("api", {}) and api.default_limit > api.max_limit:
-        # Only max_limit was set: the page size follows it down.
-        built["api"] = dataclasses.replace(api, default_limit=api.max_limit)
-    config = Config(
-        **built, tables=table_settings, plugin_sections=plugin_sections, source=source
-    )
-    _check(config)
-    return config
+
+def _page_size_within_max(api: ApiSettings, given: dict[str, str]) -> ApiSettings:
+    """When only max_limit was set, below the default page size, the page size follows
+    it down: the operator asked for smaller pages, not for a start-up error. An explicit
+    default_limit above max_limit is left for _check to refuse."""
+    if "default_limit" not in given and api.default_limit > api.max_limit:
+        return dataclasses.replace(api, default_limit=api.max_limit)
+    return api
 
 
 def reference() -> str:

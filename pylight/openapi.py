@@ -147,7 +147,7 @@ _TEXT_FORMS = {
     "float": r"-?[0-9]{1,6}(\.[0-9]{1,6})?",
     "date": _DATE,
     "uuid": _UUID,
-    "boolean": r"([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[tTfF01])",
+    "boolean": r"([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[tTfF01])",  # values._boolean_value
 }
 
 
@@ -372,10 +372,10 @@ def prepare(tables: dict[str, TableInfo]) -> None:
 
 
 def _catalog(table: TableInfo) -> dict[str, _Declared] | None:
-    """The catalog facts :func:`prepare` read (read now if it did not run)."""
-    if _CATALOG not in table.statements:
-        table.statements[_CATALOG] = _read_catalog(table)
-    return table.statements[_CATALOG]
+    """The catalog facts :func:`prepare` read; None, as for a catalog that cannot be
+    read, if it did not run. Never read here: a document is built on the event loop,
+    where a blocking query would stall every connection."""
+    return table.statements.get(_CATALOG)
 
 
 def _read_catalog(table: TableInfo) -> dict[str, _Declared] | None:
@@ -502,130 +502,198 @@ def _key_schema(table: TableInfo, sqlite: bool) -> dict[str, Any]:
 
 
 def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
+    """The OpenAPI document of ``tables``, their paths under ``prefix``.
+
+    Pure: it reads only the tables and what :func:`prepare` stored in them, so it may
+    run per request on the event loop (with auth on, each caller sees its own tables).
+    """
     paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-            "type": "object", "required": ["status", "code", "message"],
-            "properties": {"status": {"type": "integer"}, "code": {"type": "string"},
-                           "message": {"type": "string"}, "details": {"type": "object"}}}}},
-    }
+    schemas: dict[str, Any] = {"Error": _error_schema()}
     for name, table in tables.items():
-        db = table.model._meta.database
-        sqlite = isinstance(db, peewee.SqliteDatabase)
-        dialect = ("sqlite" if sqlite else
-                   "postgresql" if isinstance(db, peewee.PostgresqlDatabase) else "mysql")
-        declared = _catalog(table) if table.writable else None
-        response_props = {c: _nullable(_response_schema(col, dialect), col)
-                          for c, col in table.columns.items()}
-        # Read-only columns (generated, types Pylight cannot write) are not in requests,
-        # nor is a key whose auto-increment counter an explicit value could exhaust
-        # (the database fills it in; it can still be given).
-        request_props = {
-            c: _nullable(_request_schema(col, sqlite, (declared or {}).get(c)), col)
-            for c, col in table.columns.items()
-            if col.read_only is None and not (declared or {}).get(c, _Declared()).counter}
-        # A record as returned: every visible column, nothing else.
-        schemas[name] = {"type": "object", "properties": response_props,
-                         "required": list(table.columns), "additionalProperties": False}
-        # A list item: `select` may leave columns out.
-        schemas[f"{name}_item"] = {"type": "object", "properties": response_props,
-                                   "additionalProperties": False}
-        ref = {"$ref": f"#/components/schemas/{name}"}
-        json_record = {"application/json": {"schema": ref}}
-        filters = [{"name": c, "in": "query", "required": False,
-                    "schema": _filter_schema(col, sqlite),
-                    "description": "filter: value or op.value"}
-                   for c, col in table.columns.items() if c not in ("limit", "offset", "order",
-                                                                     "select", "after", "count",
-                                                                     "or", "and")]
-        collection: dict[str, Any] = {"get": {
-            "summary": f"List rows of {name}",
-            "operationId": f"list_{name}",
-            "parameters": _list_params(table) + filters,
-            "responses": {"200": {"description": "a page of rows", "content": {
-                "application/json": {"schema": {
-                    "type": "object", "required": ["items", "next"], "additionalProperties": False,
-                    "properties": {
-                        "items": {"type": "array", "items": {
-                            "$ref": f"#/components/schemas/{name}_item"}},
-                        "next": {"type": "string", "nullable": True},
-                        "total": {"type": "integer", "minimum": 0}}}}}},
-                **_errors(400)}}}
-        single_key = len(table.primary_key) == 1
-        if table.writable:
-            required = [c for c, col in table.columns.items()
-                        if c in request_props and not _creatable_without(table, col, declared)]
-            create: dict[str, Any] = {"type": "object", "properties": request_props,
-                                      "additionalProperties": False}
-            if required:
-                create["required"] = required
-            schemas[f"{name}_create"] = create
-            schemas[f"{name}_update"] = {"type": "object", "properties": request_props,
-                                         "additionalProperties": False}
-            create_ref = {"$ref": f"#/components/schemas/{name}_create"}
-            created: dict[str, Any] = {"description": "created: the stored record", "content": {
-                "application/json": {"schema": {"oneOf": [ref, {
-                    "type": "object", "required": ["items"], "additionalProperties": False,
-                    "properties": {"items": {"type": "array", "items": ref}}}]}}}}
-            if table.has_key:
-                created["headers"] = {"Location": {"schema": {"type": "string"},
-                                                   "description": "the new row's URL"}}
-            if single_key:
-                key = table.primary_key[0]
-                created["links"] = {
-                    f"{verb}_{name}": {"operationId": f"{verb}_{name}",
-                                       "parameters": {"pk": f"$response.body#/{key}"}}
-                    for verb in ("get", "put", "patch", "delete")}
-            collection["post"] = {
-                "summary": f"Create a row (an object) or rows (an array, one transaction) "
-                           f"in {name}",
-                "operationId": f"create_{name}",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "oneOf": [create_ref, {"type": "array", "minItems": 1,
-                                           "items": create_ref}]}}}},
-                "responses": {"201": created, **_errors(400, 409, 413, 415, 422)}}
-        paths[f"{prefix}/{name}"] = collection
-        if table.has_key:
-            key = {"name": "pk", "in": "path", "required": True,
-                   "schema": _key_schema(table, sqlite),
-                   "description": "the key; for a composite key, values joined by commas"}
-            item: dict[str, Any] = {"parameters": [key], "get": {
-                "summary": f"Get one row of {name}", "operationId": f"get_{name}",
-                "responses": {"200": {"description": "the row", "content": json_record},
-                              **_errors(400, 404)}}}
-            if table.writable:
-                again = {"pk": "$request.path.pk"}
-                for method in ("put", "patch"):
-                    updated: dict[str, Any] = {"description": "the updated row",
-                                               "content": json_record}
-                    if single_key:
-                        updated["links"] = {f"{verb}_{name}": {
-                            "operationId": f"{verb}_{name}",
-                            "parameters": {"pk": f"$response.body#/{table.primary_key[0]}"}}
-                            for verb in ("get", "delete")}
-                    item[method] = {
-                        "summary": f"Update the given columns of one row of {name}",
-                        "operationId": f"{method}_{name}",
-                        "requestBody": {"required": True, "content": {"application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{name}_update"}}}},
-                        "responses": {"200": updated,
-                                      **_errors(400, 404, 409, 413, 415, 422)}}
-                item["delete"] = {"summary": f"Delete one row of {name}",
-                                  "operationId": f"delete_{name}",
-                                  "responses": {"204": {"description": "deleted", "links": {
-                                      f"get_{name}": {"operationId": f"get_{name}",
-                                                      "parameters": again}}},
-                                                **_errors(400, 404, 409)}}
-            paths[f"{prefix}/{name}/{{pk}}"] = item
+        _add_table(name, table, prefix, paths, schemas)
     document = {
         "openapi": "3.0.3",
         "info": {"title": "Pylight API", "version": __version__},
         "paths": paths,
         "components": {"schemas": schemas},
     }
-    # Schemas that backends' request schemas refer to, where one does.
+    _add_shared(schemas)
+    return document
+
+
+def _error_schema() -> dict[str, Any]:
+    """The body of every error response (errors.py)."""
+    return {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["status", "code", "message"],
+        "properties": {"status": {"type": "integer"}, "code": {"type": "string"},
+                       "message": {"type": "string"}, "details": {"type": "object"}}}}}
+
+
+def _add_shared(schemas: dict[str, Any]) -> None:
+    """Add the shared schemas (``_SHARED``) that backends' request schemas refer to,
+    and only those: most documents need none."""
     text = json.dumps(schemas)
     for shared, schema in _SHARED.items():
         if f'"#/components/schemas/{shared}"' in text:
             schemas[shared] = schema
-    return document
+
+
+def _dialect(table: TableInfo) -> tuple[bool, str]:
+    """(SQLite?, dialect name) of the table's database, from its class: no query."""
+    db = table.model._meta.database
+    sqlite = isinstance(db, peewee.SqliteDatabase)
+    dialect = ("sqlite" if sqlite else
+               "postgresql" if isinstance(db, peewee.PostgresqlDatabase) else "mysql")
+    return sqlite, dialect
+
+
+def _add_table(name: str, table: TableInfo, prefix: str, paths: dict[str, Any],
+               schemas: dict[str, Any]) -> None:
+    """Add the schemas and paths of one table: its collection, and its rows by key."""
+    sqlite, dialect = _dialect(table)
+    response_props = {c: _nullable(_response_schema(col, dialect), col)
+                      for c, col in table.columns.items()}
+    # A record as returned: every visible column, nothing else.
+    schemas[name] = {"type": "object", "properties": response_props,
+                     "required": list(table.columns), "additionalProperties": False}
+    # A list item: `select` may leave columns out.
+    schemas[f"{name}_item"] = {"type": "object", "properties": response_props,
+                               "additionalProperties": False}
+    collection: dict[str, Any] = {"get": _list_operation(name, table, sqlite)}
+    if table.writable:
+        schemas.update(_write_schemas(name, table, sqlite))
+        collection["post"] = _create_operation(name, table)
+    paths[f"{prefix}/{name}"] = collection
+    if table.has_key:
+        paths[f"{prefix}/{name}/{{pk}}"] = _item_path(name, table, sqlite)
+
+
+def _write_schemas(name: str, table: TableInfo, sqlite: bool) -> dict[str, Any]:
+    """The bodies of a create (``NAME_create``) and of an update (``NAME_update``)."""
+    declared = _catalog(table)
+    # Read-only columns (generated, types Pylight cannot write) are not in requests,
+    # nor is a key whose auto-increment counter an explicit value could exhaust
+    # (the database fills it in; it can still be given).
+    request_props = {
+        c: _nullable(_request_schema(col, sqlite, (declared or {}).get(c)), col)
+        for c, col in table.columns.items()
+        if col.read_only is None and not (declared or {}).get(c, _Declared()).counter}
+    required = [c for c, col in table.columns.items()
+                if c in request_props and not _creatable_without(table, col, declared)]
+    create: dict[str, Any] = {"type": "object", "properties": request_props,
+                              "additionalProperties": False}
+    if required:
+        create["required"] = required
+    # An update names only the columns it changes: nothing is required.
+    update = {"type": "object", "properties": request_props, "additionalProperties": False}
+    return {f"{name}_create": create, f"{name}_update": update}
+
+
+def _filter_params(table: TableInfo, sqlite: bool) -> list[dict[str, Any]]:
+    """A query parameter per column, filtering by it.
+
+    No parameter for a column named like a list parameter (`limit`, `order`, ...): OpenAPI
+    allows one parameter of a name, and the list parameter keeps it (such a column is
+    still filtered as ``order=eq.3``, see query.split_arguments).
+    """
+    return [{"name": c, "in": "query", "required": False,
+             "schema": _filter_schema(col, sqlite),
+             "description": "filter: value or op.value"}
+            for c, col in table.columns.items() if c not in ("limit", "offset", "order",
+                                                              "select", "after", "count",
+                                                              "or", "and")]
+
+
+def _list_operation(name: str, table: TableInfo, sqlite: bool) -> dict[str, Any]:
+    """GET on the collection: a page of rows, filtered, ordered and selected."""
+    return {
+        "summary": f"List rows of {name}",
+        "operationId": f"list_{name}",
+        "parameters": _list_params(table) + _filter_params(table, sqlite),
+        "responses": {"200": {"description": "a page of rows", "content": {
+            "application/json": {"schema": {
+                "type": "object", "required": ["items", "next"], "additionalProperties": False,
+                "properties": {
+                    "items": {"type": "array", "items": {
+                        "$ref": f"#/components/schemas/{name}_item"}},
+                    "next": {"type": "string", "nullable": True},
+                    "total": {"type": "integer", "minimum": 0}}}}}},
+            **_errors(400)}}
+
+
+def _key_links(name: str, table: TableInfo, verbs: tuple[str, ...]) -> dict[str, Any]:
+    """Links from a response's record to the operations on its row, by its key.
+
+    Only for a single-column key: a link's parameter is one field of the body, and
+    a composite key's path is several joined by commas.
+    """
+    key = table.primary_key[0]
+    return {f"{verb}_{name}": {"operationId": f"{verb}_{name}",
+                               "parameters": {"pk": f"$response.body#/{key}"}}
+            for verb in verbs}
+
+
+def _create_operation(name: str, table: TableInfo) -> dict[str, Any]:
+    """POST on the collection: one row (an object) or several (an array)."""
+    ref = {"$ref": f"#/components/schemas/{name}"}
+    create_ref = {"$ref": f"#/components/schemas/{name}_create"}
+    created: dict[str, Any] = {"description": "created: the stored record", "content": {
+        "application/json": {"schema": {"oneOf": [ref, {
+            "type": "object", "required": ["items"], "additionalProperties": False,
+            "properties": {"items": {"type": "array", "items": ref}}}]}}}}
+    if table.has_key:
+        created["headers"] = {"Location": {"schema": {"type": "string"},
+                                           "description": "the new row's URL"}}
+    if len(table.primary_key) == 1:
+        created["links"] = _key_links(name, table, ("get", "put", "patch", "delete"))
+    return {
+        "summary": f"Create a row (an object) or rows (an array, one transaction) "
+                   f"in {name}",
+        "operationId": f"create_{name}",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "oneOf": [create_ref, {"type": "array", "minItems": 1,
+                                   "items": create_ref}]}}}},
+        "responses": {"201": created, **_errors(400, 409, 413, 415, 422)}}
+
+
+def _item_path(name: str, table: TableInfo, sqlite: bool) -> dict[str, Any]:
+    """The path of one row by its key: GET, and PUT, PATCH and DELETE where writable."""
+    key = {"name": "pk", "in": "path", "required": True,
+           "schema": _key_schema(table, sqlite),
+           "description": "the key; for a composite key, values joined by commas"}
+    json_record = {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+    item: dict[str, Any] = {"parameters": [key], "get": {
+        "summary": f"Get one row of {name}", "operationId": f"get_{name}",
+        "responses": {"200": {"description": "the row", "content": json_record},
+                      **_errors(400, 404)}}}
+    if table.writable:
+        for method in ("put", "patch"):
+            item[method] = _update_operation(name, table, method, json_record)
+        item["delete"] = _delete_operation(name)
+    return item
+
+
+def _update_operation(name: str, table: TableInfo, method: str,
+                      json_record: dict[str, Any]) -> dict[str, Any]:
+    """PUT or PATCH of one row: both change only the columns given."""
+    updated: dict[str, Any] = {"description": "the updated row", "content": json_record}
+    if len(table.primary_key) == 1:
+        updated["links"] = _key_links(name, table, ("get", "delete"))
+    return {
+        "summary": f"Update the given columns of one row of {name}",
+        "operationId": f"{method}_{name}",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{name}_update"}}}},
+        "responses": {"200": updated, **_errors(400, 404, 409, 413, 415, 422)}}
+
+
+def _delete_operation(name: str) -> dict[str, Any]:
+    """DELETE of one row; its link leads to the same row (by the path's key), for
+    clients and stateful tests to find it gone."""
+    again = {"pk": "$request.path.pk"}
+    return {"summary": f"Delete one row of {name}",
+            "operationId": f"delete_{name}",
+            "responses": {"204": {"description": "deleted", "links": {
+                f"get_{name}": {"operationId": f"get_{name}",
+                                "parameters": again}}},
+                          **_errors(400, 404, 409)}}

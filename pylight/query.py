@@ -177,11 +177,11 @@ def _condition(table: TableInfo, name: str, spec: str, param: str, explicit: boo
                           "like, not gt/gte/lt/lte: its order is the database's own",
                           parameter=param)
     if op == "is":
-        lowered = text.lower()
-        if lowered == "null":
+        if text.lower() == "null":
             return Condition(name, "is", None, negate)
-        if lowered in ("true", "false") and kind == "boolean":
-            return Condition(name, "is", lowered == "true", negate)
+        truth = values.query_boolean(text)
+        if truth is not None and kind == "boolean":
+            return Condition(name, "is", truth, negate)
         raise bad_request(f"{param}: is takes null (or true/false on a boolean column)",
                           parameter=param)
     if op in ("like", "ilike"):
@@ -347,10 +347,10 @@ def parse_list_query(table: TableInfo, arguments: Mapping[str, Any], default_lim
             raise bad_request("select: name at least one column", parameter="select")
     count = False
     if "count" in arguments:
-        text = _first(arguments["count"], "count").lower()
-        if text not in ("true", "false"):
+        truth = values.query_boolean(_first(arguments["count"], "count"))
+        if truth is None:
             raise bad_request("count: expected true or false", parameter="count")
-        count = text == "true"
+        count = truth
     query = ListQuery(where, order, limit, offset, select, None, count)
     if "after" in arguments:
         if offset:

@@ -146,12 +146,10 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         log.info("closing a %s feed: %d messages wait for a client that does not read",
                  self.table_name, len(self.outbox))
         self.outbox.close()
-        protocol = self.ws_connection
-        if isinstance(protocol, FeedProtocol) and not protocol.is_closing():
-            protocol.drop_unsent()
+        if isinstance(self.ws_connection, FeedProtocol):
             settings = self.feeds.settings
-            protocol.linger = max(settings.heartbeat_interval + settings.heartbeat_timeout,
-                                  CLOSE_WAIT_SECONDS)
+            self.ws_connection.give_up(max(settings.heartbeat_interval
+                                           + settings.heartbeat_timeout, CLOSE_WAIT_SECONDS))
         self.close(1013, "too many undelivered messages; reconnect with since")
 
     # -- client messages and heartbeats ----------------------------------------------

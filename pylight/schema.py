@@ -204,84 +204,134 @@ def _selected(name: str, patterns: list[str]) -> bool:
 
 def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, TableInfo]:
     """Build a :class:`TableInfo` for every exposed table and view."""
+    metadata = _introspect(db)
+    views = {view.name for view in db.get_views()}
+    exposed = _exposed(metadata, backend, config)
+    _check_table_sections(metadata, config)
+    return {name: _table_info(db, backend, config, metadata, name, name in views, number)
+            for number, name in enumerate(exposed)}
+
+
+def _introspect(db: peewee.Database) -> Any:
+    """peewee's account of every table and view: columns, primary and foreign keys."""
     introspector = Introspector.from_database(db)
     with warnings.catch_warnings():
         # Foreign keys into other schemas are dropped by peewee, with a warning.
         warnings.simplefilter("ignore")
-        metadata = introspector.introspect(literal_column_names=True, include_views=True)
-    views = {view.name for view in db.get_views()}
+        return introspector.introspect(literal_column_names=True, include_views=True)
 
-    exposed = [
+
+def _exposed(metadata: Any, backend: Backend, config: Config) -> list[str]:
+    """The tables and views [api] tables and exclude select, in name order.
+
+    Pylight's own tables (the change log, ...) and the backend's internal ones are
+    never exposed, whatever the patterns say: `tables = *` must not publish them.
+    """
+    return [
         name for name in sorted(metadata.columns)
         if _selected(name, config.api.tables) and not _selected(name, config.api.exclude)
         and not name.startswith(("_pylight", *backend.internal_table_prefixes))
     ]
+
+
+def _check_table_sections(metadata: Any, config: Config) -> None:
+    """A [table:NAME] section for a table that does not exist is a typo whose settings
+    (hidden columns, read_only) would otherwise be silently ignored."""
     for name in config.tables:
         if name not in metadata.columns:
             raise StartupError(
                 f"{config.source}: [table:{name}] names a table the database does not have"
             )
 
-    tables: dict[str, TableInfo] = {}
-    for name in exposed:
-        settings = config.table(name)
-        hidden = frozenset(settings.hidden)
-        reflected = backend.columns(db, name, metadata.columns[name])
-        unknown = hidden - set(reflected)
-        if unknown:
-            raise StartupError(
-                f"{config.source}: [table:{name}] hidden names unknown column(s) "
-                f"{', '.join(sorted(unknown))}"
-            )
-        primary_key = list(metadata.primary_keys.get(name) or [])
-        if name in views:
-            primary_key = []
-        if hidden & set(primary_key):
-            raise StartupError(
-                f"{config.source}: [table:{name}] cannot hide primary-key column(s) "
-                f"{', '.join(sorted(hidden & set(primary_key)))}"
-            )
-        scales = backend.numeric_scales(db, name)
-        types = backend.column_types(db, name)
-        attrs: dict[str, Any] = {}
-        columns: dict[str, ColumnInfo] = {}
-        for index, (column_name, column) in enumerate(reflected.items()):
-            ctype = types.get(column_name) or ColumnType()
-            cls = _with_conversion(ctype.field or _field_class(column, metadata, backend), ctype)
-            params: dict[str, Any] = {"column_name": column_name, "null": True}
-            if issubclass(cls, peewee.DecimalField):
-                params["auto_round"] = False
-            if len(primary_key) == 1 and column_name == primary_key[0]:
-                params["primary_key"] = True
-            # Field names are positional: a column called "select" or "save"
-            # must not shadow a Model method.
-            fld = cls(**params)
-            attrs[f"c{index}"] = fld
-            if column_name in hidden:
-                continue
-            columns[column_name] = _column_info(column_name, column, fld, ctype, scales.get(column_name),
-                                                column_name in primary_key)
-        meta_attrs: dict[str, Any] = {"database": db, "table_name": name}
-        if len(primary_key) > 1:
-            position = {column_name: i for i, column_name in enumerate(reflected)}
-            meta_attrs["primary_key"] = peewee.CompositeKey(
-                *[f"c{position[c]}" for c in primary_key]
-            )
-        elif not primary_key:
-            meta_attrs["primary_key"] = False
-        attrs["Meta"] = type("Meta", (), meta_attrs)
-        model = type(f"Table_{len(tables)}", (peewee.Model,), attrs)
-        tables[name] = TableInfo(
-            name=name,
-            model=model,
-            columns=columns,
-            primary_key=primary_key,
-            is_view=name in views,
-            read_only=settings.read_only,
-            hidden=hidden,
-            foreign_keys=[fk for fk in backend.foreign_keys(db, name)
-                          if set(fk.columns) <= set(columns)],
-            nulls_sort_high=backend.nulls_sort_high,
-            exact_text=backend.exact_text,
+
+def _table_info(db: peewee.Database, backend: Backend, config: Config, metadata: Any,
+                name: str, is_view: bool, number: int) -> TableInfo:
+    """One exposed table or view: its model, its visible columns and its settings."""
+    settings = config.table(name)
+    hidden = frozenset(settings.hidden)
+    reflected = backend.columns(db, name, metadata.columns[name])
+    primary_key = [] if is_view else list(metadata.primary_keys.get(name) or [])
+    _check_hidden(config.source, name, hidden, reflected, primary_key)
+    fields, columns = _fields(db, backend, metadata, name, reflected, primary_key, hidden)
+    return TableInfo(
+        name=name,
+        model=_model(db, name, fields, list(reflected), primary_key, number),
+        columns=columns,
+        primary_key=primary_key,
+        is_view=is_view,
+        read_only=settings.read_only,
+        hidden=hidden,
+        # Only keys over visible columns: a hidden column is never named, not even here.
+        foreign_keys=[fk for fk in backend.foreign_keys(db, name)
+                      if set(fk.columns) <= set(columns)],
+        nulls_sort_high=backend.nulls_sort_high,
+        exact_text=backend.exact_text,
+    )
+
+
+def _check_hidden(source: str, name: str, hidden: frozenset[str], reflected: dict[str, Any],
+                  primary_key: list[str]) -> None:
+    """Refuse a `hidden` list naming unknown columns (a typo would leave the column
+    visible) or key columns (a row is addressed by its key, which must be readable)."""
+    unknown = hidden - set(reflected)
+    if unknown:
+        raise StartupError(
+            f"{source}: [table:{name}] hidden names unknown column(s) "
+            f"{', '.join(sorted(unknown))}"
         )
-    return tables
+    if hidden & set(primary_key):
+        raise StartupError(
+            f"{source}: [table:{name}] cannot hide primary-key column(s) "
+            f"{', '.join(sorted(hidden & set(primary_key)))}"
+        )
+
+
+def _fields(db: peewee.Database, backend: Backend, metadata: Any, name: str,
+            reflected: dict[str, Any], primary_key: list[str],
+            hidden: frozenset[str]) -> tuple[dict[str, peewee.Field], dict[str, ColumnInfo]]:
+    """A peewee field for every column (``c0``, ``c1``, ... in table order), and a
+    :class:`ColumnInfo` for every visible one.
+
+    Hidden columns get a field too: change capture writes its triggers from the model's
+    fields, so that they do not change with `hidden` (capture.py drops hidden columns
+    when it reads the log).
+    """
+    scales = backend.numeric_scales(db, name)
+    types = backend.column_types(db, name)
+    fields: dict[str, peewee.Field] = {}
+    columns: dict[str, ColumnInfo] = {}
+    for index, (column_name, column) in enumerate(reflected.items()):
+        ctype = types.get(column_name) or ColumnType()
+        cls = _with_conversion(ctype.field or _field_class(column, metadata, backend), ctype)
+        params: dict[str, Any] = {"column_name": column_name, "null": True}
+        if issubclass(cls, peewee.DecimalField):
+            # values.decimal_coercer rounds to the column's scale; peewee's rounding
+            # would use its own default number of places.
+            params["auto_round"] = False
+        if len(primary_key) == 1 and column_name == primary_key[0]:
+            params["primary_key"] = True
+        # Field names are positional: a column called "select" or "save"
+        # must not shadow a Model method.
+        fld = cls(**params)
+        fields[f"c{index}"] = fld
+        if column_name in hidden:
+            continue
+        columns[column_name] = _column_info(column_name, column, fld, ctype, scales.get(column_name),
+                                            column_name in primary_key)
+    return fields, columns
+
+
+def _model(db: peewee.Database, name: str, fields: dict[str, peewee.Field],
+           column_names: list[str], primary_key: list[str], number: int) -> type[peewee.Model]:
+    """The peewee model of table ``name`` (the ``number``-th exposed) over ``fields``."""
+    meta_attrs: dict[str, Any] = {"database": db, "table_name": name}
+    if len(primary_key) > 1:
+        position = {column_name: i for i, column_name in enumerate(column_names)}
+        meta_attrs["primary_key"] = peewee.CompositeKey(
+            *[f"c{position[c]}" for c in primary_key]
+        )
+    elif not primary_key:
+        # Without this peewee would add an `id` column the table does not have.
+        meta_attrs["primary_key"] = False
+    attrs = {**fields, "Meta": type("Meta", (), meta_attrs)}
+    return type(f"Table_{number}", (peewee.Model,), attrs)

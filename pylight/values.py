@@ -413,6 +413,48 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?[0-9]{1,30}\.[0-9]{1,30}")
 
 
+# -- booleans given as text ---------------------------------------------------------
+# Three grammars, each on purpose: the query language's keywords (query_boolean), a
+# boolean column's value in a filter or key (_boolean_value), and a setting's on/off
+# (config._ini_boolean: ini file, environment, command line).
+
+
+def query_boolean(text: str) -> bool | None:
+    """``true`` or ``false``, in any case, as a keyword of the query language
+    (``is.true``, ``count=true``); None for any other text, which the caller refuses
+    with a message of its own.
+
+    Only the two words: a keyword is part of the grammar, not a column's value, so it
+    does not take a database's short forms (``t``, ``1``) as _boolean_value does.
+    """
+    lowered = text.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    return None
+
+
+def _boolean_value(text: str) -> bool | int:
+    """A boolean column's value in a filter or a key: ``true``, ``t``, ``1`` or
+    ``false``, ``f``, ``0``, in any case, or another integer.
+
+    The short forms are how databases print booleans (PostgreSQL's ``t``/``f``,
+    MySQL's and SQLite's ``1``/``0``), so a value copied from a database client finds
+    its row. Other integers pass because a MySQL TINYINT(1) or an SQLite column may
+    hold them: the column's coercer decides. openapi._TEXT_FORMS["boolean"] describes
+    the same words.
+    """
+    lowered = text.lower()
+    if lowered in ("true", "t", "1"):
+        return True
+    if lowered in ("false", "f", "0"):
+        return False
+    if _INTEGER.fullmatch(text) and len(text) <= 18:
+        return int(text)
+    raise BadValue(f"expected true or false, got {text[:40]!r}")
+
+
 def from_text(kind: str, text: str) -> Any:
     """The JSON-like value a query-string token means for a column of ``kind``."""
     if kind == "integer":
@@ -428,14 +470,7 @@ def from_text(kind: str, text: str) -> Any:
         except ValueError:
             raise BadValue(f"expected a number, got {text[:40]!r}") from None
     if kind == "boolean":
-        lowered = text.lower()
-        if lowered in ("true", "t", "1"):
-            return True
-        if lowered in ("false", "f", "0"):
-            return False
-        if _INTEGER.fullmatch(text) and len(text) <= 18:
-            return int(text)  # a number in a boolean column (MySQL's TINYINT(1)): the coercer decides
-        raise BadValue(f"expected true or false, got {text[:40]!r}")
+        return _boolean_value(text)
     if kind == "json":
         try:
             return loads(text)

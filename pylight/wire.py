@@ -183,6 +183,13 @@ class FeedProtocol(WebSocketProtocol13):
             return end
         return None
 
+    def give_up(self, linger: float) -> None:
+        """Make room for a close frame to a client that does not read: drop what has
+        not started to go out, and wait ``linger`` seconds for its answer."""
+        if not self.is_closing():
+            self.drop_unsent()
+            self.linger = linger
+
     def drop_unsent(self) -> int:
         """Drop the frames in Tornado's write buffer that have not started to go out;
         the rest of a frame that has started stays (cutting one would corrupt the

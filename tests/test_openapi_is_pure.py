@@ -1,0 +1,62 @@
+"""Building the OpenAPI document never queries the database (pylight/openapi.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pylight import openapi
+from pylight.app import Pylight
+from pylight.config import load_config
+from pylight.plugins import make_plugin_manager
+
+
+def _demo(tmp_path: Any) -> Pylight:
+    path = tmp_path / "demo.ini"
+    path.write_text(f"[database]\nurl = sqlite:///{tmp_path / 'demo.db'}\nseed_demo = true\n")
+    config = load_config(str(path), environ={})
+    app = Pylight(config, make_plugin_manager(config.plugins.load))
+    app.open()
+    return app
+
+
+def _statements(app: Pylight, build: Any) -> tuple[list[Any], Any]:
+    db = app.db.db
+    calls: list[Any] = []
+    plain = db.execute_sql
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return plain(*args, **kwargs)
+
+    db.execute_sql = counting
+    try:
+        return calls, build()
+    finally:
+        db.execute_sql = plain
+
+
+def test_build_is_pure_even_when_prepare_did_not_run(tmp_path: Any) -> None:
+    """Without what prepare() reads, the document is the one for an unreadable catalog,
+    and still no query is made."""
+    app = _demo(tmp_path)
+    try:
+        prepared = openapi.build(app.tables, "/api")
+        for table in app.tables.values():
+            table.statements.clear()
+        calls, document = _statements(app, lambda: openapi.build(app.tables, "/api"))
+        assert calls == []
+        assert set(document["paths"]) == set(prepared["paths"])
+        assert "products_create" in document["components"]["schemas"]
+    finally:
+        app.db.close()
+
+
+def test_build_is_the_same_each_time(tmp_path: Any) -> None:
+    app = _demo(tmp_path)
+    try:
+        calls, first = _statements(app, lambda: openapi.build(app.tables, "/api"))
+        assert calls == []
+        assert openapi.build(app.tables, "/api") == first
+        assert openapi.build({}, "/api")["paths"] == {}
+    finally:
+        app.db.close()
