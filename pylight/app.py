@@ -20,17 +20,17 @@ from tornado.httpserver import HTTPServer
 
 from pylight import demo, openapi, ops, realtime, rest, web
 from pylight.auth import Auth
-from pylight.backend import Backend
+from pylight.backend import Backend, choose_backend
 from pylight.capture import Capture
 from pylight.catalog import Catalog
+from pylight.changes import Change
 from pylight.config import Config
 from pylight.connections import Connections
 from pylight.db import Database
 from pylight.errors import StartupError
 from pylight.handlers import HttpContext, NotFoundHandler
 from pylight.http_limits import JsonRefusalsHTTPServer
-from pylight.hub import Change, Hub
-from pylight.plugins import choose_backend
+from pylight.hub import Hub
 from pylight.publisher import Bus, BusRelay, CaptureWakeUp, LocalDelivery, Publisher
 from pylight.redaction import redact_logs
 from pylight.rows import Rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import peewee
@@ -14,6 +14,9 @@ from playhouse.db_url import parse as parse_db_url
 from pylight.errors import ApiError, StartupError, conflict, unavailable, unprocessable
 from pylight.redaction import redact_url
 from pylight.types import ColumnType, ForeignKey
+
+if TYPE_CHECKING:
+    import pluggy
 
 log = logging.getLogger("pylight")
 
@@ -316,3 +319,20 @@ def group_foreign_keys(rows: list[tuple[Any, str, str, str]]) -> list[ForeignKey
         references.append(referenced)
     return [ForeignKey(tuple(columns), table, tuple(references))
             for table, columns, references in grouped.values()]
+
+
+def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
+    """The backend plugin serving ``url``'s scheme (the latest registered wins)."""
+    schemes: dict[str, Backend] = {}
+    for offered in pm.hook.pylight_database_backends():
+        for backend in offered or []:
+            for scheme in backend.schemes:
+                schemes.setdefault(scheme, backend)
+    scheme = url_scheme(url)
+    if scheme not in schemes:
+        known = ", ".join(sorted(schemes)) or "none installed"
+        raise StartupError(
+            f"database url {redact_url(url)!r}: unknown scheme {scheme!r} "
+            f"(known: {known}); install or load the plugin for it"
+        )
+    return schemes[scheme]

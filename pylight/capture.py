@@ -41,10 +41,10 @@ import peewee
 
 from pylight import store
 from pylight.backend import Backend, ChangeWatcher
+from pylight.changes import Change
 from pylight.config import Config
 from pylight.db import Database
 from pylight.errors import StartupError
-from pylight.hub import Change
 from pylight.schema import ColumnInfo, TableInfo
 from pylight.writes import Writes
 

@@ -74,8 +74,9 @@ async def serve(config: Config) -> None:
 def manage_triggers(config: Config, command: str) -> None:
     """Install or remove the change-capture triggers; prints one line per table."""
     from pylight import capture
+    from pylight.backend import choose_backend
     from pylight.db import Database
-    from pylight.plugins import choose_backend, make_plugin_manager
+    from pylight.plugins import make_plugin_manager
     from pylight.schema import reflect
 
     pm = make_plugin_manager(config.plugins.load)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pylight.app import Pylight
     from pylight.auth import Identity
     from pylight.backend import Backend
-    from pylight.hub import Change
+    from pylight.changes import Change
     from pylight.publisher import Bus
 
 hookspec = pluggy.HookspecMarker("pylight")

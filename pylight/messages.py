@@ -27,7 +27,7 @@ from pylight import values
 
 if TYPE_CHECKING:
     from pylight.auth import Identity
-    from pylight.hub import Change
+    from pylight.changes import Change
 
 Formatter = Callable[["Change", int], dict[str, Any]]
 

@@ -8,9 +8,7 @@ from collections.abc import Iterable
 import pluggy
 
 from pylight import hookspecs
-from pylight.backend import Backend, url_scheme
 from pylight.errors import StartupError
-from pylight.redaction import redact_url
 
 PROJECT = "pylight"
 
@@ -69,19 +67,3 @@ def make_plugin_manager(load: Iterable[str] = (), entry_points: bool = True) -> 
         ) from None
     return pm
 
-
-def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
-    """The backend plugin serving ``url``'s scheme (the latest registered wins)."""
-    schemes: dict[str, Backend] = {}
-    for offered in pm.hook.pylight_database_backends():
-        for backend in offered or []:
-            for scheme in backend.schemes:
-                schemes.setdefault(scheme, backend)
-    scheme = url_scheme(url)
-    if scheme not in schemes:
-        known = ", ".join(sorted(schemes)) or "none installed"
-        raise StartupError(
-            f"database url {redact_url(url)!r}: unknown scheme {scheme!r} "
-            f"(known: {known}); install or load the plugin for it"
-        )
-    return schemes[scheme]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pylight.hub import Change, Hub
+from pylight.changes import Change
+from pylight.hub import Hub
 
 
 class Publisher(Protocol):

@@ -11,8 +11,8 @@ import peewee
 from pylight import query as ql
 from pylight.auth import forbidden
 from pylight.backend import Backend
+from pylight.changes import Change
 from pylight.errors import not_found, unprocessable
-from pylight.hub import Change
 from pylight.schema import TableInfo
 
 RowCheck = Callable[[dict[str, Any]], bool]

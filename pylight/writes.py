@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from tornado.ioloop import IOLoop
 
+from pylight.changes import Change
 from pylight.db import Attempt, Database
-from pylight.hub import Change
 from pylight.publisher import Publisher
 
 T = TypeVar("T")
