@@ -18,7 +18,7 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import demo, openapi, ops, realtime, rest, web
+from pylight import demo, ops, realtime, rest, web
 from pylight.auth import Auth
 from pylight.backend import Backend, choose_backend
 from pylight.capture import Capture
@@ -98,7 +98,6 @@ class Pylight:
             if settings.seed_demo and self.demo_settings:
                 self.config = demo.with_demo_settings(self.config, raw, self.database_tables)
             self.tables = reflect(raw, self.backend, self.config)
-            openapi.prepare(self.tables)
         self._build_change_path()
         self.rows = Rows(self.db, self.writes, self.backend)
         feeds = self.config.realtime

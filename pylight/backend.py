@@ -13,7 +13,7 @@ from playhouse.db_url import parse as parse_db_url
 
 from pylight.errors import ApiError, StartupError, conflict, unavailable, unprocessable
 from pylight.redaction import redact_url
-from pylight.types import ColumnType, ForeignKey
+from pylight.types import ColumnType, DeclaredColumn, ForeignKey
 
 if TYPE_CHECKING:
     import pluggy
@@ -123,6 +123,34 @@ class Backend:
         than peewee's reflection (types it does not know, enum members, generated
         columns, how a type orders); the rest keep what reflection found."""
         return {}
+
+    def declared_columns(self, db: peewee.Database, table: str, primary_key: list[str],
+                         raw_types: dict[str, str]) -> dict[str, DeclaredColumn]:
+        """What the catalog says of ``table``'s columns beyond reflection: declared
+        lengths and the columns the database fills in (read once, at reflection, for
+        the OpenAPI document). ``raw_types``: each column's declared type."""
+        rows = db.execute_sql(
+            "SELECT column_name, data_type, character_maximum_length, "
+            "extra LIKE '%%auto_increment%%', extra LIKE '%%auto_increment%%', NULL "
+            "FROM information_schema.columns WHERE table_schema = "
+            + self.current_schema_sql() + " AND table_name = %s", (table,)).fetchall()
+        return declared_from_rows(rows)
+
+    #: An integer column's values are 64-bit whatever its declared type (SQLite).
+    integers_are_64_bit = False
+    #: An array column may hold arrays of more dimensions than declared (PostgreSQL).
+    arrays_nest = False
+
+    def integer_range(self, raw_type: str) -> tuple[int, int]:
+        """The values an integer column of declared type ``raw_type`` holds."""
+        raw = raw_type.lower()
+        bits = 64 if self.integers_are_64_bit else next(
+            (b for word, b in _INT_BITS if word in raw), 64)
+        if bits == 64:
+            return -(2**63), 2**63 - 1
+        if "unsigned" in raw:
+            return 0, 2**bits - 1
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
     def foreign_keys(self, db: peewee.Database, table: str) -> list[ForeignKey]:
         """The foreign keys of ``table``, each with its columns in constraint order."""
@@ -336,3 +364,25 @@ def choose_backend(pm: pluggy.PluginManager, url: str) -> Backend:
             f"(known: {known}); install or load the plugin for it"
         )
     return schemes[scheme]
+
+
+# Declared integer types and their widths, the widest first where one name holds another.
+_INT_BITS = (("bigint", 64), ("int8", 64), ("mediumint", 24), ("smallint", 16), ("int2", 16),
+             ("tinyint", 8), ("int", 32), ("serial", 32))
+# A domain's CHECK (char_length(VALUE) <= 40) limits the length as VARCHAR(40) does.
+_LENGTH_CHECK = re.compile(r"(?:char_length|character_length|length)\(\(?VALUE\)?(?:::text)?\)"
+                           r"\s*(<=|<)\s*(\d+)")
+
+
+def declared_from_rows(rows: list[tuple[Any, ...]]) -> dict[str, DeclaredColumn]:
+    """Catalog rows ``(column, data type, declared length, generated, counter, domain
+    checks)`` as :class:`DeclaredColumn` by column name."""
+    declared = {}
+    for name, data_type, length, generated, counter, checks in rows:
+        limits = [int(n) - (op == "<") for op, n in _LENGTH_CHECK.findall(checks or "")]
+        if limits:
+            length = min([*limits, *([int(length)] if length is not None else [])])
+        declared[name] = DeclaredColumn(length=None if length is None else int(length),
+                                        fixed=str(data_type).lower() == "bit",
+                                        generated=bool(generated), counter=bool(counter))
+    return declared

@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any
-
-import peewee
 
 from pylight import __version__
 from pylight.schema import ColumnInfo, TableInfo
+from pylight.types import DeclaredColumn
 from pylight.values import INT64_MAX, INT64_MIN
 
 log = logging.getLogger("pylight")
@@ -77,20 +75,9 @@ _SHARED: dict[str, dict[str, Any]] = {
 }
 
 # Integer widths by declared type (SQLite's INTEGER is always 64-bit).
-_INT_BITS = (("bigint", 64), ("int8", 64), ("mediumint", 24), ("smallint", 16), ("int2", 16),
-             ("tinyint", 8), ("int", 32), ("serial", 32))
-
-
-def _int_range(column: Any, sqlite: bool) -> tuple[int, int]:
-    raw = column.raw_type.lower()
-    if sqlite:
-        return INT64_MIN, INT64_MAX
-    bits = next((b for word, b in _INT_BITS if word in raw), 64)
-    if bits == 64:
-        return INT64_MIN, INT64_MAX
-    if "unsigned" in raw:
-        return 0, 2**bits - 1
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+def _int_range(column: Any) -> tuple[int, int]:
+    """The values an integer column holds (reflection knows them from the backend)."""
+    return column.int_range or (INT64_MIN, INT64_MAX)
 
 
 def _int_text(low: int, high: int) -> str:
@@ -151,13 +138,13 @@ _TEXT_FORMS = {
 }
 
 
-def _text_form(column: Any, sqlite: bool, key: bool = False) -> str | None:
+def _text_form(column: Any, key: bool = False) -> str | None:
     """A pattern (unanchored, without commas or slashes) of the text of values
     ``column`` surely accepts in a filter or a ``key``; None where any text is
     answered without an error (a 400 at worst) in a filter."""
     kind = column.kind
     if kind == "integer":
-        return _int_text(*(column.bounds or _int_range(column, sqlite)))
+        return _int_text(*(_int_range(column)))
     if kind == "decimal":
         return _decimal_parts(column)[0]
     if kind == "boolean" and _stores_numbers(column):
@@ -171,7 +158,7 @@ def _text_form(column: Any, sqlite: bool, key: bool = False) -> str | None:
     return None
 
 
-def _request_schema(column: Any, sqlite: bool, declared: _Declared | None) -> dict[str, Any]:
+def _request_schema(column: Any, declared: DeclaredColumn | None) -> dict[str, Any]:
     kind = column.kind
     if column.request_schema is not None:
         schema = dict(column.request_schema)
@@ -185,7 +172,7 @@ def _request_schema(column: Any, sqlite: bool, declared: _Declared | None) -> di
         schema = {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": -128,
                                                   "maximum": 127}]}
     elif kind == "integer":
-        low, high = column.bounds or _int_range(column, sqlite)
+        low, high = _int_range(column)
         schema = {"type": "integer", "format": "int64", "minimum": low, "maximum": high}
     elif kind == "decimal":
         schema = _decimal_request(column)
@@ -212,7 +199,7 @@ def _request_schema(column: Any, sqlite: bool, declared: _Declared | None) -> di
     return schema
 
 
-def _sized(schema: dict[str, Any], kind: str, declared: _Declared) -> dict[str, Any]:
+def _sized(schema: dict[str, Any], kind: str, declared: DeclaredColumn) -> dict[str, Any]:
     """The declared length (VARCHAR(n), BINARY(n), BIT(n)) the database enforces."""
     length = declared.length
     if schema.get("type") != "string" or length is None:
@@ -260,13 +247,13 @@ def _array_request(ctype: Any) -> dict[str, Any]:
                            "arrays of equal lengths are more dimensions)"}
 
 
-def _response_schema(column: ColumnInfo, dialect: str) -> dict[str, Any]:
+def _response_schema(column: ColumnInfo, arrays_nest: bool) -> dict[str, Any]:
     if column.enum is not None and column.kind == "text":
         schema: dict[str, Any] = {"type": "string", "enum": list(column.enum)}
     elif column.kind == "array":
         items = _items(column.items)
         schema = {"type": "array", "items": items}
-        if dialect == "postgresql":
+        if arrays_nest:
             # Any PostgreSQL array may have more than one dimension ('{{1,2},{3,4}}').
             schema = {"anyOf": [schema, {"type": "array", "items": {
                 "type": "array", "items": items}}, {"type": "array", "items": {
@@ -333,106 +320,14 @@ def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-@dataclass(frozen=True)
-class _Declared:
-    """What the catalog says of a column beyond reflection."""
-
-    length: int | None = None  # the most characters (bytes for binary) it holds
-    fixed: bool = False  # exactly `length` (PostgreSQL's bit(n))
-    generated: bool = False  # the database fills it in (a sequence, identity, rowid)
-    #: An auto-increment counter that a large explicit value exhausts (MySQL's
-    #: AUTO_INCREMENT, SQLite's AUTOINCREMENT): every later insert would then fail.
-    counter: bool = False
-
-
-_PG_CATALOG = """
-SELECT c.column_name, c.data_type, c.character_maximum_length,
-       c.column_default LIKE 'nextval(%%' OR c.is_identity = 'YES', false,
-       (SELECT string_agg(k.check_clause, ' AND ')
-          FROM information_schema.domain_constraints d
-          JOIN information_schema.check_constraints k
-            ON k.constraint_schema = d.constraint_schema AND k.constraint_name = d.constraint_name
-         WHERE d.domain_schema = c.domain_schema AND d.domain_name = c.domain_name)
-FROM information_schema.columns c
-WHERE c.table_schema = current_schema() AND c.table_name = %s
-"""
-_LENGTH_CHECK = re.compile(r"(?:char_length|character_length|length)\(\(?VALUE\)?(?:::text)?\)"
-                           r"\s*(<=|<)\s*(\d+)")
-
-
-_CATALOG = ("openapi", "catalog")
-
-
-def prepare(tables: dict[str, TableInfo]) -> None:
-    """Read what the documents need from the database's catalog, once, at start-up
-    (blocking): building a document is then pure, and never queries on the event loop."""
-    for table in tables.values():
-        if table.writable:
-            table.statements[_CATALOG] = _read_catalog(table)
-
-
-def _catalog(table: TableInfo) -> dict[str, _Declared] | None:
-    """The catalog facts :func:`prepare` read; None, as for a catalog that cannot be
-    read, if it did not run. Never read here: a document is built on the event loop,
-    where a blocking query would stall every connection."""
-    return table.statements.get(_CATALOG)
-
-
-def _read_catalog(table: TableInfo) -> dict[str, _Declared] | None:
-    """Declared lengths (which reflection does not keep) and generated columns, from
-    the database's catalog; None when it cannot be read."""
-    db = table.model._meta.database
-    try:
-        with db.connection_context():
-            if isinstance(db, peewee.SqliteDatabase):
-                return _sqlite_catalog(db, table)
-            if isinstance(db, peewee.PostgresqlDatabase):
-                rows = db.execute_sql(_PG_CATALOG, (table.name,)).fetchall()
-            else:
-                rows = db.execute_sql(
-                    "SELECT column_name, data_type, character_maximum_length, "
-                    "extra LIKE '%%auto_increment%%', "
-                    "extra LIKE '%%auto_increment%%', NULL FROM information_schema.columns "
-                    "WHERE table_schema = DATABASE() AND table_name = %s",
-                    (table.name,)).fetchall()
-    except Exception as exc:  # the document stays usable without it
-        log.debug("no catalog for %s: %s", table.name, exc)
-        return None
-    declared = {}
-    for name, data_type, length, generated, counter, checks in rows:
-        # A domain's CHECK (char_length(VALUE) <= 40) limits the length as VARCHAR(40) does.
-        limits = [int(n) - (op == "<") for op, n in _LENGTH_CHECK.findall(checks or "")]
-        if limits:
-            length = min([*limits, *([int(length)] if length is not None else [])])
-        declared[name] = _Declared(length=None if length is None else int(length),
-                                   fixed=str(data_type).lower() == "bit",
-                                   generated=bool(generated), counter=bool(counter))
-    return declared
-
-
-def _sqlite_catalog(db: peewee.Database, table: TableInfo) -> dict[str, _Declared]:
-    # SQLite stores text of any length, whatever the declaration says; a rowid table's
-    # INTEGER PRIMARY KEY is the rowid, which SQLite fills in.
-    row = db.execute_sql("SELECT sql FROM sqlite_master WHERE name = ?",
-                         (table.name,)).fetchone()
-    sql = (row[0] if row else "") or ""
-    if len(table.primary_key) != 1 or re.search(r"\)\s*WITHOUT\s+ROWID", sql, re.I):
-        return {}
-    key = table.columns.get(table.primary_key[0])
-    if key is None or key.raw_type.strip().upper() != "INTEGER":
-        return {}
-    return {key.name: _Declared(generated=True,
-                                counter=bool(re.search(r"\bAUTOINCREMENT\b", sql, re.I)))}
-
-
 def _creatable_without(table: TableInfo, column: ColumnInfo,
-                       declared: dict[str, _Declared] | None) -> bool:
+                       declared: dict[str, DeclaredColumn] | None) -> bool:
     """Whether a create may leave ``column`` out: nullable, defaulted or generated."""
     if column.nullable or column.default is not None:
         return True
     if declared is None:  # no catalog: an integer key is taken to be generated
         return table.primary_key == [column.name] and column.kind == "integer"
-    return declared.get(column.name, _Declared()).generated
+    return declared.get(column.name, DeclaredColumn()).generated
 
 
 def _error(description: str = "error", retry: bool = False) -> dict[str, Any]:
@@ -471,9 +366,9 @@ def _list_params(table: TableInfo) -> list[dict[str, Any]]:
     ]
 
 
-def _filter_schema(column: ColumnInfo, sqlite: bool) -> dict[str, Any]:
+def _filter_schema(column: ColumnInfo) -> dict[str, Any]:
     """A column filter: `value` or `op.value`, with the value's text form for the type."""
-    value = _text_form(column, sqlite)
+    value = _text_form(column)
     if value is None:
         return {"type": "string"}
     # gt/gte/lt/lte only where the column offers them (a 400 elsewhere)
@@ -482,15 +377,15 @@ def _filter_schema(column: ColumnInfo, sqlite: bool) -> dict[str, Any]:
     return {"type": "string", "pattern": rf"^({ops}{value}|(not\.)?is\.null)$"}
 
 
-def _key_schema(table: TableInfo, sqlite: bool) -> dict[str, Any]:
+def _key_schema(table: TableInfo) -> dict[str, Any]:
     """The `pk` path parameter: the key's value, or its values joined by commas."""
     columns = [table.columns[c] for c in table.primary_key]
     if len(columns) == 1 and columns[0].kind == "integer":
-        low, high = columns[0].bounds or _int_range(columns[0], sqlite)
+        low, high = _int_range(columns[0])
         return {"type": "integer", "format": "int64", "minimum": low, "maximum": high}
     parts = []
     for column in columns:
-        form = _text_form(column, sqlite, key=True)
+        form = _text_form(column, key=True)
         if form is None:
             # any text but a comma (it separates key values) or a slash; not `.` or `..`
             # alone, which a client resolves as a path
@@ -504,8 +399,9 @@ def _key_schema(table: TableInfo, sqlite: bool) -> dict[str, Any]:
 def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
     """The OpenAPI document of ``tables``, their paths under ``prefix``.
 
-    Pure: it reads only the tables and what :func:`prepare` stored in them, so it may
-    run per request on the event loop (with auth on, each caller sees its own tables).
+    Pure: it reads only the tables (the catalog's facts were read by the backend at
+    reflection), so it may run per request on the event loop (with auth on, each
+    caller sees its own tables).
     """
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {"Error": _error_schema()}
@@ -538,20 +434,10 @@ def _add_shared(schemas: dict[str, Any]) -> None:
             schemas[shared] = schema
 
 
-def _dialect(table: TableInfo) -> tuple[bool, str]:
-    """(SQLite?, dialect name) of the table's database, from its class: no query."""
-    db = table.model._meta.database
-    sqlite = isinstance(db, peewee.SqliteDatabase)
-    dialect = ("sqlite" if sqlite else
-               "postgresql" if isinstance(db, peewee.PostgresqlDatabase) else "mysql")
-    return sqlite, dialect
-
-
 def _add_table(name: str, table: TableInfo, prefix: str, paths: dict[str, Any],
                schemas: dict[str, Any]) -> None:
     """Add the schemas and paths of one table: its collection, and its rows by key."""
-    sqlite, dialect = _dialect(table)
-    response_props = {c: _nullable(_response_schema(col, dialect), col)
+    response_props = {c: _nullable(_response_schema(col, table.arrays_nest), col)
                       for c, col in table.columns.items()}
     # A record as returned: every visible column, nothing else.
     schemas[name] = {"type": "object", "properties": response_props,
@@ -559,25 +445,25 @@ def _add_table(name: str, table: TableInfo, prefix: str, paths: dict[str, Any],
     # A list item: `select` may leave columns out.
     schemas[f"{name}_item"] = {"type": "object", "properties": response_props,
                                "additionalProperties": False}
-    collection: dict[str, Any] = {"get": _list_operation(name, table, sqlite)}
+    collection: dict[str, Any] = {"get": _list_operation(name, table)}
     if table.writable:
-        schemas.update(_write_schemas(name, table, sqlite))
+        schemas.update(_write_schemas(name, table))
         collection["post"] = _create_operation(name, table)
     paths[f"{prefix}/{name}"] = collection
     if table.has_key:
-        paths[f"{prefix}/{name}/{{pk}}"] = _item_path(name, table, sqlite)
+        paths[f"{prefix}/{name}/{{pk}}"] = _item_path(name, table)
 
 
-def _write_schemas(name: str, table: TableInfo, sqlite: bool) -> dict[str, Any]:
+def _write_schemas(name: str, table: TableInfo) -> dict[str, Any]:
     """The bodies of a create (``NAME_create``) and of an update (``NAME_update``)."""
-    declared = _catalog(table)
+    declared = table.declared
     # Read-only columns (generated, types Pylight cannot write) are not in requests,
     # nor is a key whose auto-increment counter an explicit value could exhaust
     # (the database fills it in; it can still be given).
     request_props = {
-        c: _nullable(_request_schema(col, sqlite, (declared or {}).get(c)), col)
+        c: _nullable(_request_schema(col, (declared or {}).get(c)), col)
         for c, col in table.columns.items()
-        if col.read_only is None and not (declared or {}).get(c, _Declared()).counter}
+        if col.read_only is None and not (declared or {}).get(c, DeclaredColumn()).counter}
     required = [c for c, col in table.columns.items()
                 if c in request_props and not _creatable_without(table, col, declared)]
     create: dict[str, Any] = {"type": "object", "properties": request_props,
@@ -589,7 +475,7 @@ def _write_schemas(name: str, table: TableInfo, sqlite: bool) -> dict[str, Any]:
     return {f"{name}_create": create, f"{name}_update": update}
 
 
-def _filter_params(table: TableInfo, sqlite: bool) -> list[dict[str, Any]]:
+def _filter_params(table: TableInfo) -> list[dict[str, Any]]:
     """A query parameter per column, filtering by it.
 
     No parameter for a column named like a list parameter (`limit`, `order`, ...): OpenAPI
@@ -597,19 +483,19 @@ def _filter_params(table: TableInfo, sqlite: bool) -> list[dict[str, Any]]:
     still filtered as ``order=eq.3``, see query.split_arguments).
     """
     return [{"name": c, "in": "query", "required": False,
-             "schema": _filter_schema(col, sqlite),
+             "schema": _filter_schema(col),
              "description": "filter: value or op.value"}
             for c, col in table.columns.items() if c not in ("limit", "offset", "order",
                                                               "select", "after", "count",
                                                               "or", "and")]
 
 
-def _list_operation(name: str, table: TableInfo, sqlite: bool) -> dict[str, Any]:
+def _list_operation(name: str, table: TableInfo) -> dict[str, Any]:
     """GET on the collection: a page of rows, filtered, ordered and selected."""
     return {
         "summary": f"List rows of {name}",
         "operationId": f"list_{name}",
-        "parameters": _list_params(table) + _filter_params(table, sqlite),
+        "parameters": _list_params(table) + _filter_params(table),
         "responses": {"200": {"description": "a page of rows", "content": {
             "application/json": {"schema": {
                 "type": "object", "required": ["items", "next"], "additionalProperties": False,
@@ -656,10 +542,10 @@ def _create_operation(name: str, table: TableInfo) -> dict[str, Any]:
         "responses": {"201": created, **_errors(400, 409, 413, 415, 422)}}
 
 
-def _item_path(name: str, table: TableInfo, sqlite: bool) -> dict[str, Any]:
+def _item_path(name: str, table: TableInfo) -> dict[str, Any]:
     """The path of one row by its key: GET, and PUT, PATCH and DELETE where writable."""
     key = {"name": "pk", "in": "path", "required": True,
-           "schema": _key_schema(table, sqlite),
+           "schema": _key_schema(table),
            "description": "the key; for a composite key, values joined by commas"}
     json_record = {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
     item: dict[str, Any] = {"parameters": [key], "get": {

@@ -16,7 +16,7 @@ from pylight import values
 from pylight.backend import Backend
 from pylight.config import Config
 from pylight.errors import StartupError
-from pylight.types import API_TYPES, ColumnType, ForeignKey, SortKey
+from pylight.types import API_TYPES, ColumnType, DeclaredColumn, ForeignKey, SortKey
 
 log = logging.getLogger("pylight")
 
@@ -47,6 +47,8 @@ class ColumnInfo:
     request_schema: dict[str, Any] | None = None  # what a write accepts (types.ColumnType)
     compare_key: Callable[[Any], Any] | None = field(repr=False, default=None)
     range_filters: bool = True  # gt/lt filters offered (see types.ColumnType)
+    #: The values an integer column holds (its bounds, else its declared type's range).
+    int_range: tuple[int, int] | None = None
 
     @property
     def selected(self) -> Any:
@@ -92,6 +94,10 @@ class TableInfo:
     nulls_sort_high: bool = False
     #: Text compared byte by byte (the backend's, for tie-breaking under a collation).
     exact_text: Callable[[Any], Any] = field(repr=False, default=lambda node: node)
+    #: An array column may hold arrays of more dimensions than declared (PostgreSQL).
+    arrays_nest: bool = False
+    #: What the catalog says beyond reflection (writable tables; None: unreadable).
+    declared: dict[str, DeclaredColumn] | None = None
     # Statements compiled once per table (see store.py), keyed by purpose.
     statements: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -253,7 +259,7 @@ def _table_info(db: peewee.Database, backend: Backend, config: Config, metadata:
     primary_key = [] if is_view else list(metadata.primary_keys.get(name) or [])
     _check_hidden(config.source, name, hidden, reflected, primary_key)
     fields, columns = _fields(db, backend, metadata, name, reflected, primary_key, hidden)
-    return TableInfo(
+    info = TableInfo(
         name=name,
         model=_model(db, name, fields, list(reflected), primary_key, number),
         columns=columns,
@@ -266,7 +272,23 @@ def _table_info(db: peewee.Database, backend: Backend, config: Config, metadata:
                       if set(fk.columns) <= set(columns)],
         nulls_sort_high=backend.nulls_sort_high,
         exact_text=backend.exact_text,
+        arrays_nest=backend.arrays_nest,
     )
+    if info.writable:
+        info.declared = _declared(db, backend, info, reflected)
+    return info
+
+
+def _declared(db: peewee.Database, backend: Backend, table: TableInfo,
+              reflected: dict[str, Any]) -> dict[str, DeclaredColumn] | None:
+    """The catalog's facts beyond reflection; None (the document stays usable) when
+    the catalog cannot be read."""
+    raw_types = {name: str(column.raw_column_type) for name, column in reflected.items()}
+    try:
+        return backend.declared_columns(db, table.name, table.primary_key, raw_types)
+    except Exception as exc:
+        log.debug("no catalog for %s: %s", table.name, exc)
+        return None
 
 
 def _check_hidden(source: str, name: str, hidden: frozenset[str], reflected: dict[str, Any],
@@ -316,8 +338,11 @@ def _fields(db: peewee.Database, backend: Backend, metadata: Any, name: str,
         fields[f"c{index}"] = fld
         if column_name in hidden:
             continue
-        columns[column_name] = _column_info(column_name, column, fld, ctype, scales.get(column_name),
-                                            column_name in primary_key)
+        info = _column_info(column_name, column, fld, ctype, scales.get(column_name),
+                            column_name in primary_key)
+        if info.kind == "integer":
+            info.int_range = ctype.bounds or backend.integer_range(info.raw_type)
+        columns[column_name] = info
     return fields, columns
 
 

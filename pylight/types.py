@@ -107,3 +107,16 @@ class JSONTextField(peewee.Field):
             except ValueError:
                 return value.decode(errors="replace") if isinstance(value, bytes) else value
         return value
+
+
+@dataclass(frozen=True)
+class DeclaredColumn:
+    """What a database's catalog says of a column beyond reflection (for the OpenAPI
+    document; read once, by the backend, while the table is reflected)."""
+
+    length: int | None = None  # the most characters (bytes for binary) it holds
+    fixed: bool = False  # exactly `length` (PostgreSQL's bit(n))
+    generated: bool = False  # the database fills it in (a sequence, identity, rowid)
+    #: An auto-increment counter that a large explicit value exhausts (MySQL's
+    #: AUTO_INCREMENT, SQLite's AUTOINCREMENT): every later insert would then fail.
+    counter: bool = False

@@ -35,14 +35,14 @@ def _statements(app: Pylight, build: Any) -> tuple[list[Any], Any]:
         db.execute_sql = plain
 
 
-def test_build_is_pure_even_when_prepare_did_not_run(tmp_path: Any) -> None:
-    """Without what prepare() reads, the document is the one for an unreadable catalog,
-    and still no query is made."""
+def test_build_is_pure_even_without_the_catalogs_facts(tmp_path: Any) -> None:
+    """Without what the backend read from the catalog at reflection, the document is the
+    one for an unreadable catalog, and still no query is made."""
     app = _demo(tmp_path)
     try:
         prepared = openapi.build(app.tables, "/api")
         for table in app.tables.values():
-            table.statements.clear()
+            table.declared = None
         calls, document = _statements(app, lambda: openapi.build(app.tables, "/api"))
         assert calls == []
         assert set(document["paths"]) == set(prepared["paths"])

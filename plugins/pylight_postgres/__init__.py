@@ -14,9 +14,9 @@ from playhouse.pool import PooledPostgresqlDatabase
 from tornado.ioloop import IOLoop
 
 from pylight import hookimpl
-from pylight.backend import Backend, ChangeWatcher, group_foreign_keys, redact_url
+from pylight.backend import Backend, ChangeWatcher, declared_from_rows, group_foreign_keys, redact_url
 from pylight.errors import ApiError, unavailable
-from pylight.types import ColumnType, ForeignKey
+from pylight.types import ColumnType, DeclaredColumn, ForeignKey
 
 from . import pg_types
 
@@ -81,11 +81,26 @@ class PylightPostgresDatabase(PooledPostgresqlDatabase):
         return conn
 
 
+# Declared lengths (a domain's CHECK too) and the columns a sequence or identity fills in.
+_CATALOG = """
+SELECT c.column_name, c.data_type, c.character_maximum_length,
+       c.column_default LIKE 'nextval(%%' OR c.is_identity = 'YES', false,
+       (SELECT string_agg(k.check_clause, ' AND ')
+          FROM information_schema.domain_constraints d
+          JOIN information_schema.check_constraints k
+            ON k.constraint_schema = d.constraint_schema AND k.constraint_name = d.constraint_name
+         WHERE d.domain_schema = c.domain_schema AND d.domain_name = c.domain_name)
+FROM information_schema.columns c
+WHERE c.table_schema = current_schema() AND c.table_name = %s
+"""
+
+
 class PostgresBackend(Backend):
     name = "PostgreSQL"
     schemes = ("postgresql", "postgres")
     supports_returning = True
     nulls_sort_high = True
+    arrays_nest = True
 
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
         kwargs = self.connect_kwargs(url)
@@ -97,6 +112,10 @@ class PostgresBackend(Backend):
         return PylightPostgresDatabase(
             database, max_connections=pool_size, stale_timeout=300, **kwargs
         )
+
+    def declared_columns(self, db: peewee.Database, table: str, primary_key: list[str],
+                         raw_types: dict[str, str]) -> dict[str, DeclaredColumn]:
+        return declared_from_rows(db.execute_sql(_CATALOG, (table,)).fetchall())
 
     def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
         return pg_types.column_types(db, table)

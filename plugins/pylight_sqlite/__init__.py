@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import uuid
 from dataclasses import replace
@@ -22,7 +23,7 @@ from pylight.backend import (
     group_foreign_keys,
 )
 from pylight.errors import ApiError, StartupError, unprocessable
-from pylight.types import ColumnType, ForeignKey, JSONTextField, SortKey
+from pylight.types import ColumnType, DeclaredColumn, ForeignKey, JSONTextField, SortKey
 from pylight.values import BadValue, coercer
 
 # Python's sqlite3 cannot bind a Decimal; store its exact text, which a NUMERIC
@@ -134,6 +135,7 @@ def _is_strict(db: peewee.Database, table: str) -> bool:
 
 class SqliteBackend(Backend):
     name = "SQLite"
+    integers_are_64_bit = True
     schemes = ("sqlite",)
     supports_returning = sqlite3.sqlite_version_info >= (3, 35, 0)
     supports_for_update = False  # writers are serialised by BEGIN IMMEDIATE instead
@@ -206,6 +208,20 @@ class SqliteBackend(Backend):
                 columns[name] = Column(name, field_class, declared, not notnull,
                                        column_name=name, default=default)
         return columns
+
+    def declared_columns(self, db: peewee.Database, table: str, primary_key: list[str],
+                         raw_types: dict[str, str]) -> dict[str, DeclaredColumn]:
+        # SQLite stores text of any length, whatever the declaration says; a rowid
+        # table's INTEGER PRIMARY KEY is the rowid, which SQLite fills in.
+        row = db.execute_sql("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        sql = (row[0] if row else "") or ""
+        if len(primary_key) != 1 or re.search(r"\)\s*WITHOUT\s+ROWID", sql, re.I):
+            return {}
+        key = primary_key[0]
+        if raw_types.get(key, "").strip().upper() != "INTEGER":
+            return {}
+        return {key: DeclaredColumn(generated=True,
+                                    counter=bool(re.search(r"\bAUTOINCREMENT\b", sql, re.I)))}
 
     def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
         # A table that is not STRICT keeps any value in any column: what it holds is
