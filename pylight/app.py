@@ -140,7 +140,7 @@ class Pylight:
             self.tables, self.rows, self.auth, self.catalog, config.api)))
         if config.realtime.enabled:
             handlers.extend(realtime.routes(config.realtime.prefix, FeedContext(
-                self.tables, self.hub, self.auth, self.backend, self.connections,
+                self.tables, self.hub, self.auth, self.connections,
                 config.realtime, config.api.prefix, config.api.cors_origins)))
             handlers.extend(web.routes())
         return tornado.web.Application(

@@ -154,8 +154,14 @@ class Auth:
         return ql.Group(tuple(members))
 
     def matcher(self, identity: Identity | None, table: TableInfo) -> ql.Matcher | None:
-        where = self.row_filter(identity, table)
-        return ql.Matcher(table, where, self.backend) if where is not None else None
+        """Whether a row is one ``identity`` may see in ``table`` (None: every row is)."""
+        return self.matcher_of(table, self.row_filter(identity, table))
+
+    def matcher_of(self, table: TableInfo, where: ql.Group | None) -> ql.Matcher | None:
+        """``where`` evaluated in Python the way the database compares (None: no filter)."""
+        if where is None or not where.members:
+            return None
+        return ql.Matcher(table, where, self.backend)
 
 
 class Permissions:

@@ -20,7 +20,6 @@ from tornado.ioloop import IOLoop
 
 from pylight import messages, values
 from pylight.auth import Auth, Identity
-from pylight.backend import Backend
 from pylight.config import RealtimeSettings
 from pylight.connections import Connections, RateLimit
 from pylight.errors import ApiError, unauthorized, unavailable
@@ -39,7 +38,6 @@ class FeedContext:
     tables: dict[str, TableInfo]
     hub: Hub
     auth: Auth
-    backend: Backend
     connections: Connections
     settings: RealtimeSettings
     api_prefix: str
@@ -89,8 +87,7 @@ class FeedSession:
     def subscribe(self, table: TableInfo, where: Group, since: int | None,
                   sink: Sink) -> Subscription:
         context = self.context
-        subscription = Subscription(table, where, context.auth, context.backend, sink,
-                                    self.identity)
+        subscription = Subscription(table, where, context.auth, sink, self.identity)
         self.subscriptions.append(subscription)
         subscription.start(context.hub.feed(table.name), since)
         self._schedule_expiry()

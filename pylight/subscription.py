@@ -18,7 +18,6 @@ from typing import Any, Protocol
 from pylight import messages
 from pylight import query as ql
 from pylight.auth import Auth, Identity
-from pylight.backend import Backend
 from pylight.errors import bad_request, not_found
 from pylight.hub import Feed, Notice
 from pylight.schema import TableInfo
@@ -81,12 +80,11 @@ class Sink(Protocol):
 
 
 class Subscription:
-    def __init__(self, table: TableInfo, where: ql.Group, auth: Auth, backend: Backend,
-                 sink: Sink, identity: Identity | None = None) -> None:
+    def __init__(self, table: TableInfo, where: ql.Group, auth: Auth, sink: Sink,
+                 identity: Identity | None = None) -> None:
         self.table = table
         self.where = where
         self.auth = auth
-        self.backend = backend
         self.sink = sink
         self.feed: Feed | None = None
         # While a resuming client catches up, the seq of the last replayed
@@ -98,10 +96,11 @@ class Subscription:
     def set_identity(self, identity: Identity | None) -> None:
         """The subscriber's own filter ANDed with the rows ``identity`` may see."""
         self.identity = identity
-        rows = self.auth.row_filter(identity, self.table) if self.auth.enabled else None
-        self.row_matcher = ql.Matcher(self.table, rows, self.backend) if rows else None
-        where = self.where if rows is None else ql.Group((self.where, rows))
-        self.matcher = ql.Matcher(self.table, where, self.backend) if where.members else None
+        auth = self.auth
+        rows = auth.row_filter(identity, self.table) if auth.enabled else None
+        self.row_matcher = auth.matcher_of(self.table, rows)
+        self.matcher = auth.matcher_of(self.table, self.where if rows is None
+                                       else ql.Group((self.where, rows)))
 
     # -- joining the feed --------------------------------------------------------------
     def start(self, feed: Feed, since: int | None) -> None:
