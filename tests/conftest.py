@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import tornado.httpclient
 from tornado.testing import bind_unused_port
 
 from pylight.app import Pylight
-from pylight.config import load_config
+from pylight.config import Config, load_config
 from pylight.hub import Change
 from pylight.plugins import make_plugin_manager
 
@@ -216,9 +216,12 @@ class Server:
         return await self.request("DELETE", path, **kw)
 
 
-def write_config(path: Any, url: str, settings: dict[str, dict[str, Any]] | None = None) -> str:
-    """An ini file for ``url`` with ``settings`` ({section: {key: value}})."""
-    sections: dict[str, dict[str, Any]] = {"database": {"url": url, "seed_demo": "true",
+def write_config(path: Any, url: str, settings: dict[str, dict[str, Any]] | None = None, *,
+                 seed: bool = True) -> str:
+    """An ini file for ``url`` with ``settings`` ({section: {key: value}}); the demo
+    tables are seeded unless ``seed`` is False."""
+    sections: dict[str, dict[str, Any]] = {"database": {"url": url,
+                                                        "seed_demo": "true" if seed else "false",
                                                         "pool_size": 4}}
     for section, values in (settings or {}).items():
         sections.setdefault(section, {}).update(values)
@@ -232,39 +235,109 @@ def write_config(path: Any, url: str, settings: dict[str, dict[str, Any]] | None
     return str(target)
 
 
-def start_server(io_loop: Any, tmp_path: Any, url: str,
-                 settings: dict[str, dict[str, Any]] | None = None,
-                 plugins: Any = ()) -> Server:
-    """A Pylight app on ``url`` listening on a free port of ``io_loop`` (the caller stops it)."""
-    config = load_config(write_config(tmp_path, url, settings), environ={})
-    pm = make_plugin_manager(config.plugins.load)
+# -- the one way tests build, open and serve a Pylight app in-process ----------------------
+#
+# build_app: construct only (errors of the constructor); open_app: construct and open
+# (errors of open(), or an app whose tables are used without serving); serve: listen on
+# a free port. Tests start servers through the ``make_server`` / ``servers`` fixtures,
+# which stop them at teardown; tests/live_server.py runs `python -m pylight` instead.
+
+def make_config(directory: Any, url: str, settings: dict[str, dict[str, Any]] | None = None, *,
+                seed: bool = True) -> Config:
+    """The configuration of ``write_config(directory, url, settings, seed=seed)``."""
+    return load_config(write_config(directory, url, settings, seed=seed), environ={})
+
+
+def build_app(config: Config, plugins: Iterable[Any] = (), *, entry_points: bool = True) -> Pylight:
+    """A Pylight app (not opened): the plugins of ``[plugins] load``, the installed ones
+    unless ``entry_points`` is False, and the extra plugin objects ``plugins``."""
+    pm = make_plugin_manager(config.plugins.load, entry_points=entry_points)
     for plugin in plugins:
         pm.register(plugin)
-    app = Pylight(config, pm)
+    return Pylight(config, pm)
+
+
+def open_app(config: Config, plugins: Iterable[Any] = ()) -> Pylight:
+    """``build_app`` and ``open()``: connected, seeded if asked, tables reflected; not serving
+    (the caller closes ``app.db`` or serves it)."""
+    app = build_app(config, plugins)
     app.open()
+    return app
+
+
+async def serve(app: Pylight) -> Server:
+    """Start the opened ``app`` on a free port; ``server.changes`` collects every change.
+
+    If start-up fails (e.g. a ``pylight_startup`` hook refuses), the socket and the
+    database pool are closed and the error is raised. The caller stops the app.
+    """
     sock, port = bind_unused_port()
-    io_loop.run_sync(lambda: app.start(sockets=[sock]))
-    return Server(app, f"http://127.0.0.1:{port}")
+    try:
+        await app.start(sockets=[sock])
+    except BaseException:
+        sock.close()
+        app.db.close()
+        raise
+    server = Server(app, f"http://127.0.0.1:{port}")
+    app.hub.subscribe(None, server.changes.append)
+    return server
 
 
-@pytest.fixture
-def make_server(io_loop: Any, database: TestDatabase, tmp_path: Any) -> Iterator[Callable[..., Server]]:
-    """Start a server on ``database``: ``make_server({"api": {"max_limit": 5}}, plugins=[...])``."""
-    started: list[Pylight] = []
+class Servers:
+    """In-process servers on a test's ``io_loop``, all stopped at teardown (see ``servers``)."""
 
-    def start(settings: dict[str, dict[str, Any]] | None = None, plugins: list[Any] = ()) -> Server:
-        server = start_server(io_loop, tmp_path, database.url, settings, plugins)
-        started.append(server.app)
-        server.app.hub.subscribe(None, server.changes.append)
+    def __init__(self, io_loop: Any, tmp_path: Any, url: str | None = None) -> None:
+        self.io_loop = io_loop
+        self.tmp_path = tmp_path
+        self.url = url
+        self.started: list[Pylight] = []
+
+    def __call__(self, settings: dict[str, dict[str, Any]] | None = None,
+                 plugins: Iterable[Any] = (), *, url: str | None = None,
+                 config: Config | None = None, seed: bool = True) -> Server:
+        """A server on ``url`` (by default the test's database) with ``settings`` and the
+        extra plugin objects ``plugins``; or on a ready ``config`` (then ``url``,
+        ``settings`` and ``seed`` do not apply)."""
+        if config is None:
+            url = url or self.url
+            if url is None:
+                raise TypeError("no database: pass url=... (or use the make_server fixture)")
+            config = make_config(self.tmp_path, url, settings, seed=seed)
+        elif settings is not None or url is not None:
+            raise TypeError("give either a config or url/settings, not both")
+        return self.serve(open_app(config, plugins))
+
+    def serve(self, app: Pylight) -> Server:
+        """Start an app of ``open_app`` (when the test needs the app itself, e.g. after a
+        refused start-up); stopped at teardown if it started."""
+        server = self.io_loop.run_sync(lambda: serve(app))
+        self.started.append(app)
         return server
 
-    yield start
-    for app in started:
-        io_loop.run_sync(app.stop)
+    def stop_all(self) -> None:
+        # Pylight.stop() is idempotent: a test may have stopped its app already.
+        for app in self.started:
+            self.io_loop.run_sync(app.stop)
 
 
 @pytest.fixture
-def server(make_server: Callable[..., Server]) -> Server:
+def servers(io_loop: Any, tmp_path: Any) -> Iterator[Servers]:
+    """Start servers on any URL: ``servers({...}, url="memsqlite://demo", plugins=[...])``."""
+    started = Servers(io_loop, tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def make_server(io_loop: Any, database: TestDatabase, tmp_path: Any) -> Iterator[Servers]:
+    """Start a server on ``database``: ``make_server({"api": {"max_limit": 5}}, plugins=[...])``."""
+    started = Servers(io_loop, tmp_path, database.url)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def server(make_server: Servers) -> Server:
     """A server on the demo tables with default settings."""
     return make_server()
 

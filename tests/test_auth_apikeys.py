@@ -240,25 +240,15 @@ def test_bad_sections_stop_startup_with_one_line(server, tmp_path):
         pylight_apikeys.load_keys({"file": str(broken)}, tables)
 
 
-def test_a_bad_section_stops_the_real_startup(tmp_path):
+def test_a_bad_section_stops_the_real_startup(tmp_path, servers):
     """Through the plugin manager and pylight_startup, as `python -m pylight` runs it."""
-    import asyncio
-
-    from pylight.app import Pylight
     from pylight.config import load_config
-    from pylight.plugins import make_plugin_manager
 
     conf = tmp_path / "pylight.ini"
     conf.write_text(f"[database]\nurl = sqlite:///{tmp_path}/db.sqlite\nseed_demo = true\n\n"
                     f"[plugin:apikeys]\nreader.key = {READER}\n")
-    config = load_config(str(conf), environ={})
-    app = Pylight(config, make_plugin_manager(config.plugins.load))
-    app.open()
-    try:
-        with pytest.raises(StartupError, match=r"\[plugin:apikeys\].*needs reader.permissions"):
-            asyncio.run(app.start(sockets=[]))
-    finally:
-        app.db.close()
+    with pytest.raises(StartupError, match=r"\[plugin:apikeys\].*needs reader.permissions"):
+        servers(config=load_config(str(conf), environ={}))
 
 
 @pytest.mark.gen_test

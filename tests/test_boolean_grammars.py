@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 
 from pylight import query, values
-from pylight.app import Pylight
 from pylight.config import load_config
 from pylight.errors import ApiError, StartupError
-from pylight.plugins import make_plugin_manager
+from tests.conftest import make_config, open_app
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -60,11 +59,7 @@ def test_a_setting_refuses_other_words(text: str) -> None:
 @pytest.fixture
 def products(tmp_path: Any) -> Iterator[Any]:
     """The demo's products table, reflected from SQLite (no server)."""
-    path = tmp_path / "demo.ini"
-    path.write_text(f"[database]\nurl = sqlite:///{tmp_path / 'demo.db'}\nseed_demo = true\n")
-    config = load_config(str(path), environ={})
-    app = Pylight(config, make_plugin_manager(config.plugins.load))
-    app.open()
+    app = open_app(make_config(tmp_path, f"sqlite:///{tmp_path / 'demo.db'}"))
     yield app.tables["products"]
     app.db.close()
 

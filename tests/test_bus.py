@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +29,7 @@ from tests.bus_support import (
     unique_prefix,
     wait_for_log,
 )
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, run_cli
 from tests.realtime_support import FeedClient, in_thread
 
 if TYPE_CHECKING:
@@ -266,8 +264,7 @@ def test_a_bad_bus_url_stops_start_up_with_one_line(tmp_path: Any) -> None:
     conf = tmp_path / "bad-bus.ini"
     conf.write_text(f"[database]\nurl = sqlite:///{tmp_path}/x.db\n\n"
                     "[bus]\nurl = amqp://127.0.0.1:5672/\n")
-    result = subprocess.run([sys.executable, "-m", "pylight", "--conf", str(conf), "--port", "0"],
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = run_cli(["--conf", str(conf), "--port", "0"], tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "pylight: error: [bus] url 'amqp://127.0.0.1:5672/': expected redis://host:port/db, "

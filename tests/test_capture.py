@@ -5,23 +5,19 @@ trigger commands, the start-up check and the PostgreSQL listener's reconnect."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pylight import capture
 from tests.conftest import pg_connect, write_config
+from tests.live_server import run_cli
 from tests.realtime_support import FeedClient, in_thread, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import TestDatabase
 
-ROOT = Path(__file__).resolve().parent.parent
 CAPTURE = {"capture": "database", "install_triggers": "true"}
 
 
@@ -29,13 +25,6 @@ CAPTURE = {"capture": "database", "install_triggers": "true"}
 def capturing(make_server: Any) -> Any:
     """A server on the demo tables that learns every change from the triggers."""
     return make_server({"realtime": CAPTURE, "table:users": {"hidden": "password_hash"}})
-
-
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYLIGHT_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "pylight", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
 
 
 async def outside(database: TestDatabase, *statements: str) -> list[Any]:
@@ -198,7 +187,7 @@ def _shapes_ddl(database: TestDatabase) -> None:
 @pytest.fixture
 def shapes_server(make_server: Any, database: TestDatabase) -> Any:
     _shapes_ddl(database)
-    return make_server({"realtime": CAPTURE, "database": {"seed_demo": "false"}})
+    return make_server({"realtime": CAPTURE}, seed=False)
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -265,8 +254,8 @@ async def test_late_commit_of_an_earlier_id_is_not_skipped(capturing, database):
 def test_install_and_remove_triggers_from_the_cli(database, tmp_path):
     database.ddl("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)",
                  mysql="CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
-    conf = write_config(tmp_path, database.url, {"realtime": {"capture": "database"},
-                                                 "database": {"seed_demo": "false"}})
+    conf = write_config(tmp_path, database.url, {"realtime": {"capture": "database"}},
+                        seed=False)
     first = run_cli(["--conf", conf, "install-triggers"], tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == ["created the change log table _pylight_changes",

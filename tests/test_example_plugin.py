@@ -13,21 +13,17 @@ import importlib.metadata
 import inspect
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado.testing import bind_unused_port
 
 from pylight import StartupError, hookspecs
-from pylight.app import Pylight
-from pylight.config import load_config
 from pylight.plugins import make_plugin_manager
-from tests.conftest import Server, write_config
+from tests.conftest import Server, Servers, write_config
+from tests.live_server import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "pylight-audit-log"
@@ -150,19 +146,6 @@ def test_inert_without_its_section(make_server: Callable[..., Server], io_loop: 
 
 # -- a bad path stops start-up -------------------------------------------------------------
 
-def start_with(tmp_path: Path, io_loop: Any, section: dict[str, str]) -> None:
-    conf = write_config(tmp_path, f"sqlite:///{tmp_path}/bad.db", {"plugin:audit_log": section})
-    config = load_config(conf, environ={})
-    app = Pylight(config, make_plugin_manager(config.plugins.load))
-    app.open()
-    sock, _ = bind_unused_port()
-    try:
-        io_loop.run_sync(lambda: app.start(sockets=[sock]))
-    finally:
-        sock.close()
-        app.db.close()
-
-
 @pytest.mark.parametrize("section, message", [
     ({"path": "{tmp}/no/such/dir/audit.jsonl"}, r"\[plugin:audit_log\] path: the directory .*/no/such/dir "
                                                r"of .* does not exist"),
@@ -171,11 +154,11 @@ def start_with(tmp_path: Path, io_loop: Any, section: dict[str, str]) -> None:
     ({"path": "{tmp}/a.jsonl", "rotate": "daily"},
      r"\[plugin:audit_log\]: unknown key 'rotate' \(known keys: path\)"),
 ])
-def test_bad_settings_are_a_startup_error(tmp_path: Path, io_loop: Any, section: dict[str, str],
-                                          message: str) -> None:
+def test_bad_settings_are_a_startup_error(tmp_path: Path, servers: Servers,
+                                          section: dict[str, str], message: str) -> None:
     section = {key: value.replace("{tmp}", str(tmp_path)) for key, value in section.items()}
     with pytest.raises(StartupError, match=message) as caught:
-        start_with(tmp_path, io_loop, section)
+        servers({"plugin:audit_log": section}, url=f"sqlite:///{tmp_path}/bad.db")
     assert "\n" not in str(caught.value)
 
 
@@ -183,8 +166,7 @@ def test_bad_path_is_one_line_from_the_command_line(tmp_path: Path) -> None:
     bad = tmp_path / "missing" / "audit.jsonl"
     conf = write_config(tmp_path, f"sqlite:///{tmp_path}/cli.db",
                         {"plugin:audit_log": {"path": str(bad)}, "server": {"port": 0}})
-    run = subprocess.run([sys.executable, "-m", "pylight", "--conf", conf], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    run = run_cli(["--conf", conf], tmp_path)
     assert run.returncode == 1
     errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
     assert errors == [f"pylight: error: [plugin:audit_log] path: the directory "

@@ -6,17 +6,11 @@ from typing import Any
 
 from pylight import openapi
 from pylight.app import Pylight
-from pylight.config import load_config
-from pylight.plugins import make_plugin_manager
+from tests.conftest import make_config, open_app
 
 
 def _demo(tmp_path: Any) -> Pylight:
-    path = tmp_path / "demo.ini"
-    path.write_text(f"[database]\nurl = sqlite:///{tmp_path / 'demo.db'}\nseed_demo = true\n")
-    config = load_config(str(path), environ={})
-    app = Pylight(config, make_plugin_manager(config.plugins.load))
-    app.open()
-    return app
+    return open_app(make_config(tmp_path, f"sqlite:///{tmp_path / 'demo.db'}"))
 
 
 def _statements(app: Pylight, build: Any) -> tuple[list[Any], Any]:

@@ -6,21 +6,20 @@ import asyncio
 import importlib.metadata
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
 from pylight_sqlite import SqliteBackend
-from tornado.testing import bind_unused_port
 
 from pylight import StartupError, hookimpl, hookspecs
 from pylight.app import Pylight
 from pylight.backend import Backend
 from pylight.config import load_config
 from pylight.plugins import make_plugin_manager
-from tests.conftest import Server, start_server, write_config
+from tests.conftest import Servers, build_app, make_config, open_app
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_BACKENDS = {"sqlite": "pylight_sqlite", "postgresql": "pylight_postgres",
@@ -90,9 +89,8 @@ def test_bundled_plugins_come_from_the_entry_point_group() -> None:
 
 def test_without_entry_points_no_backend_exists() -> None:
     """The backends are plugins like any other: skip the entry points and they are gone."""
-    pm = make_plugin_manager(entry_points=False)
     with pytest.raises(StartupError, match=r"unknown scheme 'sqlite' \(known: none installed\)"):
-        Pylight(load_config(None, environ={}), pm)
+        build_app(load_config(None, environ={}), entry_points=False)
 
 
 def test_misspelled_hook_is_a_startup_error() -> None:
@@ -133,25 +131,8 @@ def test_unknown_plugin_module_is_a_startup_error() -> None:
 
 # -- servers with plugins ------------------------------------------------------------------
 
-@pytest.fixture
-def start(io_loop: Any, tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start a server on ``url`` with ``settings`` and extra plugin objects."""
-    started: list[Pylight] = []
-
-    def run(url: str, settings: dict[str, dict[str, Any]] | None = None,
-            plugins: list[Any] = ()) -> Server:
-        server = start_server(io_loop, tmp_path, url, settings, plugins)
-        started.append(server.app)
-        return server
-
-    run.started = started  # type: ignore[attr-defined]  # a test that stops its own app removes it
-    yield run
-    for app in started:
-        io_loop.run_sync(app.stop)
-
-
-def test_backend_plugin_adds_a_url_scheme(start: Callable[..., Server], io_loop: Any) -> None:
-    server = start("memsqlite://demo", {"plugins": {"load": "tests.plugins.memsqlite"}})
+def test_backend_plugin_adds_a_url_scheme(servers: Servers, io_loop: Any) -> None:
+    server = servers({"plugins": {"load": "tests.plugins.memsqlite"}}, url="memsqlite://demo")
     assert server.app.backend.name == "memsqlite"
 
     async def check() -> None:
@@ -171,9 +152,9 @@ def test_backend_plugin_adds_a_url_scheme(start: Callable[..., Server], io_loop:
 
 
 def test_scheme_is_unknown_without_the_plugin(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path, "memsqlite://demo"), environ={})
+    config = make_config(tmp_path, "memsqlite://demo")
     with pytest.raises(StartupError, match=r"unknown scheme 'memsqlite' \(known: .*sqlite"):
-        Pylight(config, make_plugin_manager(config.plugins.load))
+        build_app(config)
 
 
 def test_outside_backend_wins_over_a_bundled_one_for_the_same_scheme(tmp_path: Path) -> None:
@@ -185,16 +166,15 @@ def test_outside_backend_wins_over_a_bundled_one_for_the_same_scheme(tmp_path: P
         def pylight_database_backends(self) -> list[Backend]:
             return [MySqlite()]
 
-    config = load_config(write_config(tmp_path, f"sqlite:///{tmp_path}/x.db"), environ={})
-    pm = make_plugin_manager()
-    pm.register(Plugin())
-    assert Pylight(config, pm).backend.name == "my-sqlite"
-    assert Pylight(config, make_plugin_manager()).backend.name == "SQLite"
+    config = make_config(tmp_path, f"sqlite:///{tmp_path}/x.db")
+    assert build_app(config, plugins=[Plugin()]).backend.name == "my-sqlite"
+    assert build_app(config).backend.name == "SQLite"
 
 
-def test_routes_hook_adds_routes_before_the_table_routes(start: Callable[..., Server],
+def test_routes_hook_adds_routes_before_the_table_routes(servers: Servers,
                                                          io_loop: Any, tmp_path: Path) -> None:
-    server = start(f"sqlite:///{tmp_path}/r.db", {"plugins": {"load": "tests.plugins.hello_route"}})
+    server = servers({"plugins": {"load": "tests.plugins.hello_route"}},
+                     url=f"sqlite:///{tmp_path}/r.db")
 
     async def check() -> None:
         hello = await server.get("/hello")
@@ -209,7 +189,7 @@ def test_routes_hook_adds_routes_before_the_table_routes(start: Callable[..., Se
     io_loop.run_sync(check)
 
 
-def test_startup_and_shutdown_hooks_run_sync_and_async(start: Callable[..., Server],
+def test_startup_and_shutdown_hooks_run_sync_and_async(servers: Servers,
                                                        io_loop: Any, tmp_path: Path) -> None:
     events: list[Any] = []
 
@@ -236,29 +216,20 @@ def test_startup_and_shutdown_hooks_run_sync_and_async(start: Callable[..., Serv
                 lambda: app.db.db.execute_sql("SELECT COUNT(*) FROM products").fetchone()[0])
             events.append(("async shutdown", count))
 
-    server = start(f"sqlite:///{tmp_path}/h.db", plugins=[SyncPlugin(), AsyncPlugin()])
+    server = servers(url=f"sqlite:///{tmp_path}/h.db", plugins=[SyncPlugin(), AsyncPlugin()])
     tables = ["orders", "products", "users"]
     # Reflected before the hooks run; the server was not listening yet.
     assert sorted(events) == [("async startup", tables, True), ("sync startup", tables, True)]
     assert io_loop.run_sync(lambda: server.get("/api/products")).status == 200
 
     events.clear()
-    start.started.remove(server.app)  # type: ignore[attr-defined]
-    io_loop.run_sync(server.app.stop)
+    io_loop.run_sync(server.app.stop)  # the teardown's stop() is then a no-op
     assert sorted(events) == [("async shutdown", 3), ("sync shutdown",)]
 
 
-def test_startup_hook_can_refuse_to_start(tmp_path: Path, io_loop: Any) -> None:
-    config = load_config(write_config(tmp_path, f"sqlite:///{tmp_path}/s.db",
-                                      {"plugins": {"load": "tests.plugins.refuse_start"}}),
-                         environ={})
-    app = Pylight(config, make_plugin_manager(config.plugins.load))
-    app.open()
-    sock, _ = bind_unused_port()
-    try:
-        with pytest.raises(StartupError, match="licence key is missing"):
-            io_loop.run_sync(lambda: app.start(sockets=[sock]))
-        assert app.server is None  # never listened
-    finally:
-        sock.close()
-        app.db.close()
+def test_startup_hook_can_refuse_to_start(tmp_path: Path, servers: Servers) -> None:
+    app = open_app(make_config(tmp_path, f"sqlite:///{tmp_path}/s.db",
+                               {"plugins": {"load": "tests.plugins.refuse_start"}}))
+    with pytest.raises(StartupError, match="licence key is missing"):
+        servers.serve(app)  # closes the socket and the pool when start-up fails
+    assert app.server is None  # never listened

@@ -37,11 +37,8 @@ from hypothesis.stateful import (
 )
 
 from pylight import query as ql
-from pylight.app import Pylight
-from pylight.config import load_config
 from pylight.errors import ApiError
-from pylight.plugins import make_plugin_manager
-from tests.conftest import write_config
+from tests.conftest import make_config, open_app
 from tests.realtime_support import FeedClient
 
 SCALE = max(int(os.environ.get("PYLIGHT_PROPERTY_SCALE", "1")), 1)
@@ -75,10 +72,7 @@ def kinds_app(tmp_path_factory: Any) -> Any:
     conn.execute(KINDS_DDL)
     conn.commit()
     conn.close()
-    config = load_config(write_config(path.parent, f"sqlite:///{path}",
-                                      {"database": {"seed_demo": "false"}}), environ={})
-    app = Pylight(config, make_plugin_manager(config.plugins.load))
-    app.open()
+    app = open_app(make_config(path.parent, f"sqlite:///{path}", seed=False))
     yield app
     app.db.close()
 

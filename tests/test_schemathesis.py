@@ -93,7 +93,7 @@ def test_schemathesis_finds_nothing(live_server: Any, tmp_path: Path) -> None:
 
 def test_schemathesis_finds_nothing_on_awkward_schema(database: Any, tmp_path: Path) -> None:
     load_awkward(database)
-    conf = write_config(tmp_path, database.url, {"database": {"seed_demo": "false"}})
+    conf = write_config(tmp_path, database.url, seed=False)
     server = LiveServer(conf, free_port(), tmp_path).start()
     try:
         _schemathesis(server, tmp_path, AWKWARD_EXAMPLES)

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-import queue
-import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.live_server import LiveServer, clean_env, free_port, one_error_line, run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_INI = ROOT / "etc" / "pylight.ini"
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without the caller's PYLIGHT_* settings; tests.plugins importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYLIGHT_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
 
 
 def write_ini(directory: Path, text: str, name: str = "pylight.ini") -> Path:
@@ -48,104 +25,12 @@ def write_ini(directory: Path, text: str, name: str = "pylight.ini") -> Path:
     return path
 
 
-def run_pylight(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pylight", *args], cwd=cwd,
-                          env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
-
-
-@dataclass
-class Running:
-    proc: subprocess.Popen[str]
-    port: int
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(self.base_url + path, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def post(self, path: str, body: Any) -> tuple[int, Any]:
-        request = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-
-@contextmanager
-def pylight(args: list[str], cwd: Path, port: int, env: dict[str, str] | None = None,
-            ready: str = "Pylight serving") -> Iterator[Running]:
-    """A running `python -m pylight`, ready once its 'serving' line is logged."""
-    proc = subprocess.Popen([sys.executable, "-m", "pylight", *args], cwd=cwd,
-                            env=env or clean_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    running = Running(proc, port)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                pytest.fail(f"pylight did not become ready in 20 s:\n{running.stderr}")
-            if line is None:
-                pytest.fail(f"pylight exited with {proc.wait()} before serving:\n{running.stderr}")
-            running.lines.append(line)
-            if ready in line:
-                break
-        yield running
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
-        while not lines.empty():
-            line = lines.get()
-            if line is not None:
-                running.lines.append(line)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """A bad start: non-zero exit, no traceback, exactly one `pylight: error:` line; returns it."""
-    assert result.returncode != 0, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("pylight: error: ")]
-    assert len(errors) == 1, result.stderr
-    # Nothing else but ordinary log lines (e.g. "created and seeded the demo tables").
-    assert all(LOG_LINE.match(line) or line in errors for line in lines), result.stderr
-    return errors[0]
-
-
 # -- the shipped configuration ------------------------------------------------------
 
 def test_shipped_config_creates_seeds_and_serves_the_demo(tmp_path: Path) -> None:
     shutil.copy(SHIPPED_INI, tmp_path / "pylight.ini")
     port = free_port()
-    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
         # A relative sqlite path resolves against the working directory.
         assert (tmp_path / "var" / "demo.db").is_file()
         status, body = server.get("/api/products")
@@ -163,29 +48,29 @@ def test_shipped_config_creates_seeds_and_serves_the_demo(tmp_path: Path) -> Non
 
     # One line per exposed table with its URL, and the URL the API serves on.
     for table in ("products", "users", "orders"):
-        assert f"exposing table {table} at http://127.0.0.1:{port}/api/{table}" in server.stderr
-    assert f"on http://127.0.0.1:{port}/api/" in server.stderr
-    assert "created and seeded the demo tables" in server.stderr
-    assert "Traceback" not in server.stderr
+        assert f"exposing table {table} at http://127.0.0.1:{port}/api/{table}" in server.log()
+    assert f"on http://127.0.0.1:{port}/api/" in server.log()
+    assert "created and seeded the demo tables" in server.log()
+    assert "Traceback" not in server.log()
 
     # A second start finds the data in place and does not seed again.
     port = free_port()
-    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as again:
+    with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as again:
         status, body = again.get("/api/products?sku=KEEP-1")
         assert status == 200 and [p["name"] for p in body["items"]] == ["Kept"]
         assert again.stop() == 0
-    assert "created and seeded" not in again.stderr
+    assert "created and seeded" not in again.log()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_the_server_with_exit_code_0(tmp_path: Path, sig: int) -> None:
     shutil.copy(SHIPPED_INI, tmp_path / "pylight.ini")
     port = free_port()
-    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
         assert server.get("/api/products")[0] == 200
         assert server.stop(sig) == 0
-    assert "Traceback" not in server.stderr
-    assert "shutting down" in server.stderr
+    assert "Traceback" not in server.log()
+    assert "shutting down" in server.log()
     # Nothing listens any more.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -204,12 +89,12 @@ def test_command_line_overrides_the_file(tmp_path: Path) -> None:
         port = free_port()
         args = ["--conf", "pylight.ini", "--host", "127.0.0.1", "--port", str(port),
                 "--database-url", "sqlite:///cli.db"]
-        with pylight(args, tmp_path, port) as server:
+        with LiveServer.cli(args, tmp_path, port) as server:
             status, body = server.get("/api/products")
             assert status == 200 and len(body["items"]) == 3
             assert server.stop() == 0
     assert (tmp_path / "cli.db").is_file()
-    assert f"http://127.0.0.1:{port}/api/" in server.stderr
+    assert f"http://127.0.0.1:{port}/api/" in server.log()
 
 
 def test_environment_overrides_the_file_and_the_command_line_overrides_both(tmp_path: Path) -> None:
@@ -222,7 +107,7 @@ def test_environment_overrides_the_file_and_the_command_line_overrides_both(tmp_
         port = free_port()
         env = clean_env(PYLIGHT_SERVER_PORT=str(port), PYLIGHT_DATABASE_URL="sqlite:///env.db",
                         PYLIGHT_DATABASE_SEED_DEMO="true", PYLIGHT_API_PREFIX="/v1")
-        with pylight(["--conf", "pylight.ini"], tmp_path, port, env=env) as server:
+        with LiveServer.cli(["--conf", "pylight.ini"], tmp_path, port, env=env) as server:
             assert server.get("/v1/products")[0] == 200
             assert server.stop() == 0
         assert (tmp_path / "env.db").is_file()
@@ -230,7 +115,7 @@ def test_environment_overrides_the_file_and_the_command_line_overrides_both(tmp_
         # The command line wins over the environment.
         env["PYLIGHT_SERVER_PORT"] = str(busy_port)
         port = free_port()
-        with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port,
+        with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port,
                      env=env) as server:
             assert server.get("/v1/users")[0] == 200
             assert server.stop() == 0
@@ -287,8 +172,8 @@ def test_bad_start_prints_one_clear_line(tmp_path: Path, ini: str | None, env: d
                                          fragments: list[str]) -> None:
     if ini is not None:
         write_ini(tmp_path, ini)
-    result = run_pylight(["--conf", "pylight.ini"], tmp_path, env=clean_env(**env))
-    line = assert_one_error_line(result)
+    result = run_cli(["--conf", "pylight.ini"], tmp_path, env=clean_env(**env))
+    line = one_error_line(result)
     for fragment in fragments:
         assert fragment in line
     assert "s3cret" not in result.stderr  # passwords never reach the log
@@ -300,8 +185,8 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path)
-    line = assert_one_error_line(result)
+        result = run_cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path)
+    line = one_error_line(result)
     assert f"127.0.0.1:{port}" in line
     assert "in use" in line
 
@@ -311,13 +196,13 @@ def test_backend_plugin_from_plugins_load_serves_its_scheme(tmp_path: Path) -> N
     write_ini(tmp_path, "[database]\nurl = memsqlite://scratch\n"
                         "[plugins]\nload = tests.plugins.memsqlite\n")
     port = free_port()
-    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
         status, body = server.get("/api/notes")
         assert status == 200
         assert body["items"] == [{"id": 1, "body": "opened memsqlite://scratch"}]
         assert server.stop() == 0
-    assert f"exposing table notes at http://127.0.0.1:{port}/api/notes" in server.stderr
-    assert "Pylight serving memsqlite" in server.stderr
+    assert f"exposing table notes at http://127.0.0.1:{port}/api/notes" in server.log()
+    assert "Pylight serving memsqlite" in server.log()
 
 
 def test_sigterm_lets_an_in_flight_request_finish(tmp_path: Path) -> None:
@@ -338,15 +223,15 @@ def test_sigterm_lets_an_in_flight_request_finish(tmp_path: Path) -> None:
         db.close()
         port = free_port()
         args = ["--port", str(port), "--database-url", f"{PG_HOST}/{name}"]
-        with pylight(args, tmp_path, port) as server:
+        with LiveServer.cli(args, tmp_path, port) as server:
             result: dict[str, Any] = {}
             request = threading.Thread(target=lambda: result.update(slow=server.get("/api/slow")))
             request.start()
             time.sleep(0.5)
-            server.proc.send_signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             request.join(10)
             assert result["slow"] == (200, {"items": [{"id": 1}], "next": None})
-            assert server.proc.wait(10) == 0
+            assert server.process.wait(10) == 0
     finally:
         with admin.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
@@ -364,25 +249,25 @@ def test_shipped_config_serves_any_database(tmp_path: Path, database: Any) -> No
                  "INSERT INTO gadgets (id, label) VALUES (1, 'sprocket')")
     args = ["--conf", str(SHIPPED_INI), "--database-url", database.url]
     port = free_port()
-    with pylight([*args, "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli([*args, "--port", str(port)], tmp_path, port) as server:
         status, body = server.get("/api/gadgets")
         assert status == 200 and body["items"] == [{"id": 1, "label": "sprocket"}]
         status, schema = server.get("/api/")
         assert [table["name"] for table in schema["tables"]] == ["gadgets"]  # nothing seeded
         assert server.stop() == 0
-    assert f"exposing table gadgets at http://127.0.0.1:{port}/api/gadgets" in server.stderr
-    assert "error" not in server.stderr and "WARNING" not in server.stderr
+    assert f"exposing table gadgets at http://127.0.0.1:{port}/api/gadgets" in server.log()
+    assert "error" not in server.log() and "WARNING" not in server.log()
 
     # A users table unlike the demo's is served as it is, every column included.
     database.ddl("CREATE TABLE users (id INTEGER PRIMARY KEY, login VARCHAR(40) NOT NULL,"
                  " password_hash VARCHAR(60));\n"
                  "INSERT INTO users (id, login, password_hash) VALUES (7, 'ann', 'h')")
     port = free_port()
-    with pylight([*args, "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli([*args, "--port", str(port)], tmp_path, port) as server:
         status, body = server.get("/api/users")
         assert status == 200 and body["items"] == [{"id": 7, "login": "ann", "password_hash": "h"}]
         assert server.stop() == 0
-    assert "the demo" not in server.stderr
+    assert "the demo" not in server.log()
 
 
 def test_shipped_demo_hides_password_hash_unless_the_file_says_otherwise(tmp_path: Path) -> None:
@@ -392,7 +277,7 @@ def test_shipped_demo_hides_password_hash_unless_the_file_says_otherwise(tmp_pat
     assert "\n[table:" not in text  # no live table section: it would only fit the demo
     write_ini(tmp_path, text)
     port = free_port()
-    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
         status, users = server.get("/api/users")
         assert status == 200 and len(users["items"]) == 2
         assert all("password_hash" not in user for user in users["items"])
@@ -400,12 +285,12 @@ def test_shipped_demo_hides_password_hash_unless_the_file_says_otherwise(tmp_pat
         users_table = next(t for t in schema["tables"] if t["name"] == "users")
         assert "password_hash" not in [column["name"] for column in users_table["columns"]]
         assert server.stop() == 0
-    assert "hiding password_hash of users" in server.stderr
+    assert "hiding password_hash of users" in server.log()
 
     write_ini(tmp_path, text + "\n[table:users]\nread_only = true\n")
     port = free_port()
-    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
         status, users = server.get("/api/users")
         assert status == 200 and all("password_hash" in user for user in users["items"])
         assert server.stop() == 0
-    assert "hiding" not in server.stderr
+    assert "hiding" not in server.log()

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.test_startup import free_port, pylight, write_ini
+from tests.live_server import LiveServer, free_port
+from tests.test_startup import write_ini
 
 TABLES = [f"t{number:02d}" for number in range(1, 26)]  # 25 tables, and a view below
 
@@ -21,7 +22,7 @@ def start(tmp_path: Path, database: Any, ini: str) -> tuple[Any, Any, list[str]]
     """Start the CLI on ``database`` with ``ini``: the run, `GET /api/` and the WARNING lines."""
     write_ini(tmp_path, f"[database]\nurl = {database.url}\n{ini}")
     port = free_port()
-    with pylight(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
+    with LiveServer.cli(["--conf", "pylight.ini", "--port", str(port)], tmp_path, port) as server:
         status, schema = server.get("/api/")
         assert status == 200
         assert server.stop() == 0
@@ -32,7 +33,7 @@ def test_tables_matching_nothing_names_the_real_tables(tmp_path: Path, database:
     many_tables(database)
     server, schema, warnings = start(tmp_path, database, "[api]\ntables = custmer\n")
     assert schema == {"tables": []}
-    assert len(warnings) == 1, server.stderr
+    assert len(warnings) == 1, server.log()
     (line,) = warnings
     assert "has no tables" not in line
     assert "[api] tables = custmer matches nothing" in line
@@ -75,4 +76,4 @@ def test_exposed_tables_need_no_warning(tmp_path: Path, database: Any) -> None:
     server, schema, warnings = start(tmp_path, database, "[api]\ntables = t01, t02\n")
     assert [t["name"] for t in schema["tables"]] == ["t01", "t02"]
     assert warnings == []
-    assert "exposing table t01" in server.stderr and "exposing table t02" in server.stderr
+    assert "exposing table t01" in server.log() and "exposing table t02" in server.log()

@@ -584,28 +584,20 @@ if __name__ == "__main__":
     import asyncio
     import sys
     import tempfile
+    from pathlib import Path
 
-    from pylight.app import Pylight
-    from pylight.config import load_config
-    from pylight.plugins import make_plugin_manager
+    from tests.conftest import make_config, open_app, serve
 
     async def compare() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            conf = os.path.join(tmp, "pylight.ini")
-            with open(conf, "w") as out:
-                out.write(f"[database]\nurl = sqlite:///{tmp}/demo.db\nseed_demo = true\n")
-            config = load_config(conf, environ={})
-            app = Pylight(config, make_plugin_manager(config.plugins.load))
-            app.open()
-            sock, port = bind_unused_port()
-            await app.start(sockets=[sock])
+            server = await serve(open_app(make_config(Path(tmp), f"sqlite:///{tmp}/demo.db")))
             echo, echo_port = start_echo_server()
             try:
-                print(table({"Pylight": await run_all(port, PYLIGHT),
+                print(table({"Pylight": await run_all(port_of(server), PYLIGHT),
                              "plain Tornado": await run_all(echo_port, TORNADO)}))
             finally:
                 echo.stop()
-                await app.stop()
+                await server.app.stop()
 
     async def autobahn(port: int) -> None:
         settings = {"websocket_max_message_size": 64 * 1024 * 1024}
