@@ -18,7 +18,7 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import demo, ops, realtime, rest, web
+from pylight import demo, ops, realtime, rest, sse, web
 from pylight.auth import Auth
 from pylight.backend import Backend, choose_backend
 from pylight.capture import Capture
@@ -36,6 +36,7 @@ from pylight.redaction import redact_logs
 from pylight.rows import Rows
 from pylight.schema import TableInfo, reflect
 from pylight.session import FeedContext
+from pylight.window import Windows
 from pylight.writes import Writes
 
 log = logging.getLogger("pylight")
@@ -99,7 +100,8 @@ class Pylight:
                 self.config = demo.with_demo_settings(self.config, raw, self.database_tables)
             self.tables = reflect(raw, self.backend, self.config)
         self._build_change_path()
-        self.rows = Rows(self.db, self.writes, self.backend)
+        self.rows = Rows(self.db, self.writes, self.backend,
+                         expose_actor=self.config.realtime.expose_actor)
         feeds = self.config.realtime
         self.catalog = Catalog(self.tables, self.config.api.prefix,
                                feeds.prefix if feeds.enabled else None)
@@ -139,9 +141,11 @@ class Pylight:
         handlers.extend(rest.routes(self.http, rest.RestContext(
             self.tables, self.rows, self.auth, self.catalog, config.api)))
         if config.realtime.enabled:
-            handlers.extend(realtime.routes(config.realtime.prefix, FeedContext(
-                self.tables, self.hub, self.auth, self.connections,
-                config.realtime, config.api.prefix, config.api.cors_origins)))
+            feeds = FeedContext(self.tables, self.hub, self.auth, self.connections,
+                                Windows(self.rows.page), config.realtime, config.api)
+            handlers.extend(realtime.routes(config.realtime.prefix, feeds))
+            if config.realtime.sse:
+                handlers.extend(sse.routes(feeds))
             handlers.extend(web.routes())
         return tornado.web.Application(
             handlers,

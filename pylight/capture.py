@@ -411,7 +411,8 @@ class Capture:
         change = self._decode(row)
         # Every Pylight process reads the same log: the log id lets a bus between
         # them relay each database change once.
-        return None if change is None else replace(change, origin=f"capture:{row[0]}")
+        return None if change is None else replace(change, origin=f"capture:{row[0]}",
+                                                   source="database")
 
     def _decode(self, row: tuple[Any, ...]) -> Change | None:
         _, name, op, row_key, old_row, new_row = row

@@ -30,3 +30,9 @@ class Change:
     # Where the change was observed, when several processes may observe the same
     # one (e.g. "capture:<log id>"): a bus relays each origin once.
     origin: str | None = field(default=None, compare=False)
+    #: "api" for a write through the REST API, "database" for one change capture read.
+    source: str = "api"
+    #: Who made an API write (the identity's subject, None when anonymous), shown
+    #: only when ``by_shown`` ([realtime] expose_actor).
+    by: str | None = None
+    by_shown: bool = False

@@ -76,6 +76,13 @@ class RealtimeSettings:
         "SQLite and MySQL)")
     install_triggers: bool = setting(
         False, "install the change-capture triggers at start-up (capture = database)")
+    max_subscriptions: int = setting(
+        100, "subscriptions one /ws connection may hold (more: an error for that subscribe; "
+        "0: no limit)")
+    sse: bool = setting(True, "serve Server-Sent Events feeds at /sse/<table>")
+    expose_actor: bool = setting(
+        False, "change messages of API writes name who made them (\"by\": the identity's "
+        "subject, null when anonymous)")
     compression: bool = setting(
         False, "offer permessage-deflate to feed clients that ask for it (each message is "
         "compressed once and shared; costs CPU, saves bandwidth on large rows)")

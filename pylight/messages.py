@@ -28,10 +28,12 @@ from pylight import values
 if TYPE_CHECKING:
     from pylight.auth import Identity
     from pylight.changes import Change
+    from pylight.errors import ApiError
 
 Formatter = Callable[["Change", int], dict[str, Any]]
 
 PONG = '{"type":"pong"}'
+UNSUBSCRIBED = '{"type":"unsubscribed"}'
 UNKNOWN = values.dumps({"type": "error", "message": 'unknown message; send {"type": "ping"}'})
 
 
@@ -63,6 +65,22 @@ def resync(table: str, seq: int, since: int) -> str:
     return values.dumps({"type": "resync", "table": table, "seq": seq, "reason": reason})
 
 
+def channel_hello(heartbeat: float, max_subscriptions: int) -> str:
+    """The first message on ``/ws``: the heartbeat, and how many subscriptions it takes."""
+    return values.dumps({"type": "hello", "heartbeat": int(heartbeat)
+                         if float(heartbeat).is_integer() else heartbeat,
+                         "max_subscriptions": max_subscriptions})
+
+
+def subscribed(table: str, seq: int) -> str:
+    return values.dumps({"type": "subscribed", "table": table, "seq": seq})
+
+
+def channel_error(error: ApiError) -> str:
+    """An error on ``/ws``, shaped as the REST error body (a subscription's gets ``sub``)."""
+    return values.dumps({"type": "error", **error.to_dict()})
+
+
 def error(message: str, code: str | None = None) -> str:
     body: dict[str, Any] = {"type": "error"}
     if code is not None:
@@ -74,3 +92,24 @@ def error(message: str, code: str | None = None) -> str:
 def authenticated(identity: Identity) -> str:
     return values.dumps({"type": "auth", "ok": True, "subject": identity.subject,
                          "expires_at": identity.expires_at})
+
+
+def window_snapshot(table: str, seq: int, rows: list[dict[str, Any]]) -> str:
+    """A live window's rows, in order (API.md 6.3)."""
+    return values.dumps({"type": "window", "op": "snapshot", "table": table, "seq": seq,
+                         "rows": rows})
+
+
+def window_op(fields: dict[str, Any], seq: int, record: dict[str, Any] | None) -> str:
+    """One step of a live window: ``update``/``enter`` (``at``), ``move`` (``from``,
+    ``to``) with the row, or ``leave`` (``from``) with its key."""
+    message: dict[str, Any] = {"type": "window", "op": fields["op"], "seq": seq,
+                               "event": fields["event"]}
+    for name in ("from", "to", "at"):
+        if name in fields:
+            message[name] = fields[name]
+    if fields["op"] == "leave":
+        message["pk"] = fields["pk"]
+    else:
+        message["record"] = record
+    return values.dumps(message)

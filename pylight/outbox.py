@@ -39,8 +39,8 @@ class Outbox:
         self.sent = 0  # messages written (for metrics; one add per write)
         self.in_flight = False
         self.closed = False
-        # Called when a write completes, while a subscription replays (see Subscription).
-        self.refill: Callable[[], None] | None = None
+        # Called when a write completes, while subscriptions replay (see Subscription).
+        self.refills: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -64,7 +64,7 @@ class Outbox:
         """Take nothing more and forget what waits."""
         self.closed = True
         self.queue.clear()
-        self.refill = None
+        self.refills.clear()
 
     def _flush(self) -> None:
         """Hand queued messages to the stream as one write."""
@@ -93,7 +93,7 @@ class Outbox:
         if future.done():
             # Written to the socket at once (the common case): nothing to wait for.
             future.exception()  # marks a failure as seen; it has closed the stream
-            if queue or self.refill is not None:  # more to send, or a replay to go on with
+            if queue or self.refills:  # more to send, or a replay to go on with
                 self.in_flight = True
                 IOLoop.current().add_callback(self._flushed, future)
             return
@@ -105,7 +105,7 @@ class Outbox:
         if future.cancelled() or future.exception() is not None:
             self.queue.clear()
             return
-        if self.refill is not None:
-            self.refill()
+        for refill in list(self.refills):
+            refill()
         if self.queue and not self.in_flight:
             self._flush()

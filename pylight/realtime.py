@@ -1,10 +1,10 @@
-"""The WebSocket transport of the change feeds: `/ws/<table>`.
+"""The WebSocket transport of the change feeds: `/ws/<table>`, and `/ws` for many
+subscriptions on one socket.
 
 What a connection subscribes to and which change it receives is decided by
-its :class:`~pylight.session.FeedSession` and
-:class:`~pylight.subscription.Subscription`; what waits to be written, by its
-:class:`~pylight.outbox.Outbox`; the frames themselves, by
-:mod:`pylight.wire`. This handler only upgrades, carries and closes.
+its :class:`~pylight.session.FeedSession` and its subscriptions; what waits to
+be written, by its :class:`~pylight.outbox.Outbox`; the frames themselves, by
+:mod:`pylight.wire`. These handlers only upgrade, carry and close.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ from typing import Any
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
-from pylight import messages
-from pylight import query as ql
+from pylight import messages, values
 from pylight.connections import Connections, Liveness
 from pylight.errors import ApiError, code_for
 from pylight.handlers import JsonErrors, origin_allowed
 from pylight.hub import Notice
 from pylight.outbox import Outbox
 from pylight.session import FeedContext, FeedSession
-from pylight.subscription import FEED_PARAMS, feed_table, has_feed, parse_since
+from pylight.subscription import has_feed
 from pylight.wire import CLOSE_WAIT_SECONDS, FeedProtocol, deflated_text_frame, notice_frame, text_frame
 
 log = logging.getLogger("pylight")
@@ -31,10 +30,13 @@ log = logging.getLogger("pylight")
 # Small kernel send buffers make a client that stopped reading visible within
 # a few messages, instead of after megabytes sit in the kernel.
 SEND_BUFFER_BYTES = 32 * 1024
+# Frames of tagged (/ws) messages kept per change, shared by the clients that
+# chose the same subscription id; beyond it they are built per client.
+TAGGED_FRAMES_KEPT = 32
 
 
 class FrameSink:
-    """A subscription's messages as WebSocket frames in the connection's outbox."""
+    """A connection's messages as WebSocket frames in its outbox."""
 
     def __init__(self, outbox: Outbox, drop_slow: Any, close: Any) -> None:
         self.outbox = outbox
@@ -42,22 +44,65 @@ class FrameSink:
         self.drop_slow = drop_slow
         self.close = close
 
+    def frame(self, payload: str) -> bytes:
+        bits = self.bits
+        return text_frame(payload) if bits is None else deflated_text_frame(payload, bits)
+
     def send_notice(self, notice: Notice, variant: str, key: Any = None) -> None:
         self.outbox.send(notice_frame(notice, variant, self.bits, key))
 
     def send_text(self, text: str) -> None:
-        bits = self.bits
-        self.outbox.send(text_frame(text) if bits is None else deflated_text_frame(text, bits))
+        self.outbox.send(self.frame(text))
 
     def has_room(self) -> bool:
         return self.outbox.has_room()
 
-    def replaying(self, catch_up: Any) -> None:
-        self.outbox.refill = catch_up
+    def replaying(self, catch_up: Any, on: bool) -> None:
+        refills = self.outbox.refills
+        if on:
+            refills.append(catch_up)
+        elif catch_up in refills:
+            refills.remove(catch_up)
+
+    def tagged(self, sub: str) -> TaggedSink:
+        return TaggedSink(self, sub)
 
 
-class FeedHandler(JsonErrors, WebSocketHandler):
-    """One client subscribed to one table's changes."""
+class TaggedSink:
+    """One ``/ws`` subscription's messages: the connection's, each with ``"sub"`` added."""
+
+    def __init__(self, sink: FrameSink, sub: str) -> None:
+        self.sink = sink
+        self.tail = ',"sub":' + values.dumps(sub) + "}"
+
+    def _tag(self, text: str) -> str:
+        return text[:-1] + self.tail  # every message is a JSON object: '...}'
+
+    def send_notice(self, notice: Notice, variant: str, key: Any = None) -> None:
+        sink = self.sink
+        cached = (variant, sink.bits, self.tail)
+        frame = notice.encodings.get(cached)
+        if frame is None:
+            frame = sink.frame(self._tag(notice.variant(variant, key)))
+            if len(notice.encodings) < TAGGED_FRAMES_KEPT:
+                notice.encodings[cached] = frame
+        sink.outbox.send(frame)
+
+    def send_text(self, text: str) -> None:
+        self.sink.send_text(self._tag(text))
+
+    def has_room(self) -> bool:
+        return self.sink.has_room()
+
+    def replaying(self, catch_up: Any, on: bool) -> None:
+        self.sink.replaying(catch_up, on)
+
+    def drop_slow(self) -> None:
+        self.sink.drop_slow()
+
+
+class FeedSocket(JsonErrors, WebSocketHandler):
+    """What every feed WebSocket does: limits, frames, heartbeats, backpressure, closing."""
 
     metrics_route = None
 
@@ -70,20 +115,8 @@ class FeedHandler(JsonErrors, WebSocketHandler):
                              self._drop_slow)
         self.sink = FrameSink(self.outbox, self._drop_slow, self.close)
         self.session = FeedSession(feeds, self.request, self.sink)
-        self.subscription: Any = None
         self.liveness = Liveness(feeds.connections.interval, feeds.connections.timeout)
         self._refused = False
-
-    async def prepare(self) -> None:
-        """Before the upgrade: 404/400/401/403/503 with the REST error body."""
-        self.session.check_limits(self.client)
-        table = feed_table(self.feeds.tables, self.path_args[0] if self.path_args else "",
-                           self.feeds.api_prefix)
-        arguments = self.request.query_arguments
-        self.where = ql.parse_filters(table, arguments, ignore=FEED_PARAMS)
-        self.since = parse_since(table, arguments)
-        self.table, self.table_name = table, table.name
-        await self.session.authenticate(table.name)
 
     def check_origin(self, origin: str) -> bool:
         # Only called for a cross-origin Origin: Tornado itself accepts the
@@ -101,23 +134,22 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         return FeedProtocol(self, False, base.params) if isinstance(
             base, WebSocketProtocol13) else base
 
-    def open(self, *args: Any) -> None:
+    def accept(self) -> bool:
+        """The upgrade is done: count the connection (False: one too many, closed)."""
         if self.session.over_limit(self.client):
             # Upgrades that authenticated concurrently passed prepare() together.
             self.close(1013, "too many WebSocket connections; retry later")
-            return
-        stream = self.ws_connection.stream
+            return False
         try:
-            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            self.ws_connection.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                        SEND_BUFFER_BYTES)
         except (OSError, AttributeError):
             pass
         self.set_nodelay(True)
         protocol = self.ws_connection
         self.sink.bits = protocol.deflate_bits if isinstance(protocol, FeedProtocol) else None
-        self.sink.send_text(messages.hello(self.table_name, self.feeds.hub.feed(self.table_name).seq,
-                                      self.feeds.settings.heartbeat_interval))
-        self.subscription = self.session.subscribe(self.table, self.where, self.since, self.sink)
         self.feeds.connections.add(self)
+        return True
 
     # -- writing ---------------------------------------------------------------------
     def _writable(self) -> bool:
@@ -137,8 +169,7 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         """Close a client that does not read with 1013, the close frame next in line.
 
         What waits for it is dropped first: the outbox, and the frames in
-        Tornado's write buffer that have not started to go out (the rest of one
-        that has started stays, or the stream would be corrupt). The connection
+        Tornado's write buffer that have not started to go out. The connection
         is kept for the heartbeat's interval plus timeout so the close frame
         reaches a client that reads again, rather than Tornado's 5 s.
         """
@@ -206,8 +237,50 @@ class FeedHandler(JsonErrors, WebSocketHandler):
         self.feeds.connections.discard(self)
 
 
+class FeedHandler(FeedSocket):
+    """`/ws/<table>`: one client subscribed to one table's changes, or to a live window."""
+
+    async def prepare(self) -> None:
+        """Before the upgrade: 404/400/401/403/503 with the REST error body."""
+        self.session.check_limits(self.client)
+        name = self.path_args[0] if self.path_args else ""
+        self.table, self.wanted = self.session.table_request(name, self.request.query_arguments)
+        self.table_name = self.table.name
+        await self.session.authenticate(self.table.name)
+
+    def open(self, *args: Any) -> None:
+        if not self.accept():
+            return
+        settings = self.feeds.settings
+        self.sink.send_text(messages.hello(self.table_name,
+                                           self.feeds.hub.feed(self.table_name).seq,
+                                           settings.heartbeat_interval))
+        self.session.subscribe(self.table, self.wanted, self.sink)
+
+
+class ChannelHandler(FeedSocket):
+    """`/ws`: any number of subscriptions, made and ended by the client's messages."""
+
+    metrics_route = ":ws"
+
+    async def prepare(self) -> None:
+        self.session.check_limits(self.client)
+        self.table_name = ":ws"
+        await self.session.authenticate(None)
+
+    def open(self, *args: Any) -> None:
+        if self.accept():
+            settings = self.feeds.settings
+            self.sink.send_text(messages.channel_hello(settings.heartbeat_interval,
+                                                       settings.max_subscriptions))
+
+    def on_message(self, message: str | bytes) -> None:
+        self.session.receive(message, self.table_name, channel=True)
+
+
 def routes(prefix: str, feeds: FeedContext) -> list[tuple[str, type, dict[str, Any]]]:
-    return [(rf"{prefix}/([^/]+)", FeedHandler, {"feeds": feeds})]
+    return [(rf"{prefix}/?", ChannelHandler, {"feeds": feeds}),
+            (rf"{prefix}/([^/]+)", FeedHandler, {"feeds": feeds})]
 
 
-__all__ = ["Connections", "FeedHandler", "has_feed", "routes"]
+__all__ = ["ChannelHandler", "Connections", "FeedHandler", "has_feed", "routes"]

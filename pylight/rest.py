@@ -163,7 +163,8 @@ class CollectionHandler(TableHandler):
         if self.auth.authorizes:
             for item in body if many else [body]:
                 await self.auth.authorize(self.identity, "create", table.name, item)
-        records = await self.run_write(table, self.rows.insert(table, rows, self.row_check(table)),
+        records = await self.run_write(table, self.rows.insert(table, rows, self.row_check(table),
+                                                       self.identity),
                                        rows)
         if many:
             self.write_json({"items": records}, 201)
@@ -238,7 +239,8 @@ class ItemHandler(TableHandler):
         if self.auth.enabled:
             await self.authorize_change(table, "update", key)
         record = await self.run_write(
-            table, self.rows.update(table, key, row, self.row_check(table)), [row])
+            table, self.rows.update(table, key, row, self.row_check(table), self.identity),
+            [row])
         self.write_json(record)
 
     patch = put
@@ -252,7 +254,8 @@ class ItemHandler(TableHandler):
         if self.auth.enabled:
             await self.auth.authorize(self.identity, "delete", table.name)
             await self.authorize_change(table, "delete", key)
-        await self.run_write(table, self.rows.delete(table, key, self.row_check(table)))
+        await self.run_write(table, self.rows.delete(table, key, self.row_check(table),
+                                                     self.identity))
         self.set_status(204)
         self._cors()
         self.clear_header("Content-Type")

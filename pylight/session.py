@@ -1,9 +1,11 @@
 """A feed connection apart from its transport: who is connected, what they
 subscribed to, and the messages they send.
 
-The transport (today the WebSocket of :mod:`pylight.realtime`) carries bytes;
-a :class:`FeedSession` authenticates the caller before the upgrade, starts
-its subscriptions, answers its messages (``ping``, ``auth``), limits their
+The transports (the WebSockets of :mod:`pylight.realtime`, the event streams
+of :mod:`pylight.sse`) carry bytes; a :class:`FeedSession` authenticates the
+caller before the upgrade, starts its subscriptions (a change feed or a live
+window, one per table feed, many on ``/ws``), answers its messages (``ping``,
+``auth``, and on ``/ws`` ``subscribe`` and ``unsubscribe``), limits their
 rate and closes the connection when the caller's credential expires.
 """
 
@@ -14,21 +16,24 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from tornado.httputil import HTTPServerRequest
 from tornado.ioloop import IOLoop
 
 from pylight import messages, values
 from pylight.auth import Auth, Identity
-from pylight.config import RealtimeSettings
+from pylight.config import ApiSettings, RealtimeSettings
 from pylight.connections import Connections, RateLimit
-from pylight.errors import ApiError, unauthorized, unavailable
+from pylight.errors import ApiError, bad_request, not_found, unauthorized, unavailable
 from pylight.hub import Hub
-from pylight.query import Group
 from pylight.schema import TableInfo
-from pylight.subscription import Sink, Subscription
+from pylight.subscription import FeedRequest, Sink, Subscription, feed_table, parse_request
+from pylight.window import Windows, WindowSubscription
 
 log = logging.getLogger("pylight")
+
+MAX_ID_LENGTH = 64  # characters of a /ws subscription id
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,20 @@ class FeedContext:
     hub: Hub
     auth: Auth
     connections: Connections
+    windows: Windows
     settings: RealtimeSettings
-    api_prefix: str
-    cors_origins: list[str]  # for the JSON errors refusing an upgrade
+    api: ApiSettings  # the prefix, and the limits a window's query is held to
+
+    @property
+    def cors_origins(self) -> list[str]:  # for the JSON errors refusing an upgrade
+        return self.api.cors_origins
 
 
 class Transport(Protocol):
     def send_text(self, text: str) -> None: ...
+
+    def tagged(self, sub: str) -> Sink:
+        """The sink of one ``/ws`` subscription: its messages carry ``"sub"``."""
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -57,11 +69,14 @@ class FeedSession:
         self.request = request
         self.transport = transport
         self.identity: Identity | None = None
-        self.subscriptions: list[Subscription] = []
+        # By the client's id on /ws; the one subscription of a table feed is None's.
+        self.subscriptions: dict[str | None, Any] = {}
         self.expiry: Any = None
         self.rate = RateLimit(context.settings.max_messages_per_second)
         self.ended = False
+        self._turn: asyncio.Future[None] | None = None  # the /ws message being handled
 
+    # -- before the upgrade -----------------------------------------------------------------
     def over_limit(self, client: str) -> str | None:
         """Why this connection is one too many (None: it is not); counted as refused."""
         settings = self.context.settings
@@ -77,24 +92,68 @@ class FeedSession:
         if reason is not None:
             raise unavailable(f"{reason}; retry later", retry_after=5)
 
-    async def authenticate(self, table: str) -> None:
-        """Before the upgrade: 401 without a valid credential, 403 without the read permission."""
+    async def authenticate(self, table: str | None) -> None:
+        """401 without a valid credential; with a ``table``, 403 without its read permission."""
         auth = self.context.auth
         if auth.enabled:
             self.identity = await auth.authenticate(self.request)
-            await auth.authorize(self.identity, "read", table)
+            if table is not None:
+                await auth.authorize(self.identity, "read", table)
 
-    def subscribe(self, table: TableInfo, where: Group, since: int | None,
-                  sink: Sink) -> Subscription:
+    def table_request(self, name: str, arguments: dict[str, list[Any]],
+                      since: Any = None) -> tuple[TableInfo, FeedRequest]:
+        """The table a feed URL names and what its parameters ask (404/400)."""
+        table = feed_table(self.context.tables, name, self.context.api.prefix)
+        return table, parse_request(table, arguments, self.context.api, since)
+
+    # -- subscriptions ------------------------------------------------------------------------
+    def subscribe(self, table: TableInfo, request: FeedRequest, sink: Sink,
+                  sub: str | None = None) -> None:
+        """Start a change feed or a live window on ``table``."""
         context = self.context
-        subscription = Subscription(table, where, context.auth, sink, self.identity)
-        self.subscriptions.append(subscription)
-        subscription.start(context.hub.feed(table.name), since)
+        feed = context.hub.feed(table.name)
+        if request.window is not None:
+            subscription: Any = WindowSubscription(context.windows, table, request.window,
+                                                   context.auth, feed, sink, self.identity)
+        else:
+            subscription = Subscription(table, request.where, context.auth, sink, self.identity)
+            subscription.start(feed, request.since)
+        self.subscriptions[sub] = subscription
         self._schedule_expiry()
-        return subscription
+
+    async def _subscribe_message(self, data: dict[str, Any]) -> None:
+        sub = data.get("id")
+        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_ID_LENGTH:
+            raise bad_request(f"id: a string of 1 to {MAX_ID_LENGTH} characters naming the "
+                              "subscription")
+        if sub in self.subscriptions:
+            raise bad_request(f"id {sub!r} is already subscribed on this connection")
+        limit = self.context.settings.max_subscriptions
+        if limit and len(self.subscriptions) >= limit:
+            raise bad_request(f"this connection has its maximum of {limit} subscriptions")
+        name, text = data.get("table"), data.get("filter") or ""
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise bad_request("table: a table name; filter: a query string")
+        arguments = parse_qs(text, keep_blank_values=True)
+        table, request = self.table_request(name, arguments, data.get("since"))
+        auth = self.context.auth
+        if auth.enabled:
+            await auth.authorize(self.identity, "read", table.name)
+        sink = self.transport.tagged(sub)
+        sink.send_text(messages.subscribed(table.name, self.context.hub.feed(table.name).seq))
+        self.subscribe(table, request, sink, sub)
+
+    def _unsubscribe_message(self, data: dict[str, Any]) -> None:
+        sub = data.get("id")
+        subscription = self.subscriptions.pop(sub, None) if isinstance(sub, str) else None
+        if subscription is None:
+            raise not_found(f"no subscription with id {str(sub)[:MAX_ID_LENGTH]!r}")
+        subscription.stop()
+        self.transport.tagged(sub).send_text(messages.UNSUBSCRIBED)
 
     # -- the client's messages ---------------------------------------------------------
-    def receive(self, message: str | bytes, table: str) -> None:
+    def receive(self, message: str | bytes, table: str, channel: bool = False) -> None:
+        """A message from the client; ``channel``: on ``/ws``, where it may subscribe."""
         if self.ended:
             return
         if not self.rate.take():
@@ -113,9 +172,41 @@ class FeedSession:
         if kind == "ping":
             self.transport.send_text(messages.PONG)
         elif kind == "auth" and isinstance(data.get("token"), str):
-            asyncio.ensure_future(self.refresh(data["token"]))
+            self._in_turn(self.refresh(data["token"]))
+        elif channel and kind in ("subscribe", "unsubscribe"):
+            self._in_turn(self._channel_message(kind, data))
+        elif channel:
+            self.transport.send_text(messages.channel_error(bad_request(
+                'unknown message; send {"type": "subscribe", ...}, "unsubscribe", "auth" '
+                'or "ping"')))
         else:
             self.transport.send_text(messages.UNKNOWN)
+
+    def _in_turn(self, work: Any) -> None:
+        """Handle one message after the ones before it (their checks may wait on hooks)."""
+        previous = self._turn
+
+        async def after() -> None:
+            if previous is not None:
+                await previous
+            if not self.ended:
+                await work
+            else:
+                work.close()
+
+        self._turn = asyncio.ensure_future(after())
+
+    async def _channel_message(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            if kind == "subscribe":
+                await self._subscribe_message(data)
+            else:
+                self._unsubscribe_message(data)
+        except ApiError as error:
+            sub = data.get("id")
+            text = messages.channel_error(error)
+            sink = self.transport.tagged(sub) if isinstance(sub, str) and sub else None
+            (sink or self.transport).send_text(text)
 
     async def refresh(self, token: str) -> None:
         """Replace the identity with the one ``token`` proves, before the old one expires."""
@@ -127,13 +218,13 @@ class FeedSession:
             identity = await auth.authenticate(self.request, token=token)
             if identity is None:
                 raise unauthorized("the token was not accepted")
-            for subscription in self.subscriptions:
+            for subscription in self.subscriptions.values():
                 await auth.authorize(identity, "read", subscription.table.name)
         except ApiError as exc:
             self.transport.send_text(messages.error(exc.message, exc.code))
             return
         self.identity = identity
-        for subscription in self.subscriptions:
+        for subscription in self.subscriptions.values():
             subscription.set_identity(identity)
         self._schedule_expiry()
         self.transport.send_text(messages.authenticated(identity))
@@ -160,5 +251,6 @@ class FeedSession:
         """The connection is gone: leave every feed, cancel the expiry timer."""
         self.ended = True
         self._cancel_expiry()
-        for subscription in self.subscriptions:
+        for subscription in self.subscriptions.values():
             subscription.stop()
+        self.subscriptions.clear()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pylight import messages
 from pylight import query as ql
 from pylight.auth import Auth, Identity
+from pylight.config import ApiSettings
 from pylight.errors import bad_request, not_found
 from pylight.hub import Feed, Notice
 from pylight.schema import TableInfo
@@ -49,13 +51,42 @@ def feed_table(tables: dict[str, TableInfo], name: str, api_prefix: str) -> Tabl
     return table
 
 
-def parse_since(table: TableInfo, arguments: dict[str, list[Any]]) -> int | None:
-    """``?since=`` of a feed URL (``since=eq.3`` filters a column named "since" instead)."""
-    _, params = ql.split_arguments(table, arguments, FEED_PARAMS)
-    if "since" not in params:
+@dataclass
+class FeedRequest:
+    """What a client asked a feed for: its filter, where to resume, and a live window."""
+
+    where: ql.Group
+    since: int | None = None
+    #: With ``order`` and ``limit``: the query of a live window (API.md 6.3).
+    window: ql.ListQuery | None = None
+
+
+def parse_request(table: TableInfo, arguments: Mapping[str, list[Any]], api: ApiSettings,
+                  since: Any = None) -> FeedRequest:
+    """A feed's query parameters (a URL's, or a /ws subscribe message's ``filter``);
+    ``since``: given apart from them (a message's field, ``Last-Event-ID``)."""
+    where = ql.parse_filters(table, arguments, ignore=FEED_PARAMS)
+    _, params = ql.split_arguments(table, arguments, [*FEED_PARAMS, *ql.LIST_PARAMS])
+    if since is None and "since" in params:
+        since = params["since"][-1]
+    request = FeedRequest(where, _since(since))
+    if "order" in params and "limit" in params:
+        query = ql.parse_list_query(table, arguments, api.default_limit, api.max_limit,
+                                    FEED_PARAMS)
+        if query.offset or query.after is not None:
+            raise bad_request("a live window starts at the first row: no offset or after",
+                              parameter="offset" if query.offset else "after")
+        request.window = query
+    return request
+
+
+def _since(raw: Any) -> int | None:
+    if raw is None:
         return None
-    raw = params["since"][-1]
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        text = str(raw)
+    else:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     # isascii(): str.isdigit() also accepts digits like "²" that int() refuses (a 500).
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise bad_request("since: expected the seq of the last change seen", parameter="since")
@@ -72,8 +103,8 @@ class Sink(Protocol):
     def has_room(self) -> bool:
         """Whether a replay may queue more now (the client reads)."""
 
-    def replaying(self, catch_up: Callable[[], None] | None) -> None:
-        """Call ``catch_up`` whenever the queue drains (None: no longer)."""
+    def replaying(self, catch_up: Callable[[], None], on: bool) -> None:
+        """Call ``catch_up`` whenever the queue drains (``on``), or no longer."""
 
     def drop_slow(self) -> None:
         """Give up on a client that does not read (it may resume with ``since``)."""
@@ -116,14 +147,16 @@ class Subscription:
                 # (queueing a whole replay at once would overflow the queue, so a
                 # client dropped for being slow could never resume).
                 self.cursor = since
-                self.sink.replaying(self.catch_up)
+                self.sink.replaying(self.catch_up, True)
         feed.subscribers.add(self)
         self.catch_up()
 
     def stop(self) -> None:
         if self.feed is not None:
             self.feed.subscribers.discard(self)
-        self.cursor = None
+        if self.cursor is not None:
+            self.cursor = None
+            self.sink.replaying(self.catch_up, False)
 
     # -- delivery ---------------------------------------------------------------------
     def deliver(self, notice: Notice) -> None:
@@ -150,7 +183,7 @@ class Subscription:
                 return
             if not notices:
                 self.cursor = None  # caught up; from now on changes are delivered live
-                sink.replaying(None)
+                sink.replaying(self.catch_up, False)
                 return
             for notice in notices:
                 if not sink.has_room() or self.cursor is None:
@@ -160,7 +193,7 @@ class Subscription:
 
     def _give_up(self) -> None:
         self.cursor = None
-        self.sink.replaying(None)
+        self.sink.replaying(self.catch_up, False)
         self.sink.drop_slow()
 
     def _offer(self, notice: Notice) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from tornado.ioloop import IOLoop
@@ -23,6 +24,8 @@ from pylight.publisher import Publisher
 
 T = TypeVar("T")
 Work = Callable[..., tuple[T, list[Change]]]
+#: Who made a write, as ``(subject or None,)`` when it is to be shown; None: not shown.
+Actor = tuple[str | None] | None
 
 
 class Writes:
@@ -35,9 +38,13 @@ class Writes:
         # busy handler, which sleeps 1, 2, 5, 10... ms between retries.
         self._writer = threading.Lock() if database.backend.single_writer else None
 
-    async def run(self, table: str, fn: Work[T], *args: Any) -> T:
-        """Run ``fn(*args)`` in a transaction on ``table``; publish its changes once committed."""
-        return await self.database.run(self._transaction, table, fn, args, IOLoop.current())
+    async def run(self, table: str, fn: Work[T], *args: Any, actor: Actor = None) -> T:
+        """Run ``fn(*args)`` in a transaction on ``table``; publish its changes once committed.
+
+        ``actor``: ``(subject,)`` of who made the write, to be shown on its changes
+        (``[realtime] expose_actor``); None shows no one."""
+        return await self.database.run(self._transaction, table, fn, args,
+                                       (IOLoop.current(), actor))
 
     async def maintain(self, table: str, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in a transaction that changes no exposed row (pruning the
@@ -45,17 +52,17 @@ class Writes:
         def work(*given: Any) -> tuple[None, list[Change]]:
             fn(*given)
             return None, []
-        await self.database.run(self._transaction, table, work, args, None)
+        await self.database.run(self._transaction, table, work, args, (None, None))
 
     def _transaction(self, attempt: Attempt, table: str, fn: Work[Any], args: tuple[Any, ...],
-                     loop: IOLoop | None) -> Any:
+                     target: tuple[IOLoop | None, Actor]) -> Any:
         if self._writer is None:
-            return self._commit(attempt, table, fn, args, loop)
+            return self._commit(attempt, table, fn, args, target)
         with self._writer:
-            return self._commit(attempt, table, fn, args, loop)
+            return self._commit(attempt, table, fn, args, target)
 
     def _commit(self, attempt: Attempt, table: str, fn: Work[Any], args: tuple[Any, ...],
-                loop: IOLoop | None) -> Any:
+                target: tuple[IOLoop | None, Actor]) -> Any:
         db = self.database.db
         self.database.backend.begin_write(db)
         try:
@@ -66,6 +73,9 @@ class Writes:
             except Exception:
                 pass
             raise
+        loop, actor = target
+        if actor is not None:
+            changes = [replace(change, by=actor[0], by_shown=True) for change in changes]
         with self._commit_locks[table]:
             attempt.committing = True
             db.commit()

@@ -11,7 +11,7 @@ from pylight.hub import Change
 @hookimpl(trylast=True)
 def pylight_format_notification(change: Change, seq: int) -> dict[str, Any]:
     at = change.at.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return {
+    message = {
         "type": "change",
         "event": change.event,
         "table": change.table,
@@ -20,4 +20,8 @@ def pylight_format_notification(change: Change, seq: int) -> dict[str, Any]:
         "record": change.record,
         "old": change.old,
         "at": at,
+        "source": change.source,
     }
+    if change.by_shown:  # [realtime] expose_actor: who made an API write (None: anonymous)
+        message["by"] = change.by
+    return message

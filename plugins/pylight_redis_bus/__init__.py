@@ -96,9 +96,12 @@ return out
 
 
 def encode_change(change: Change) -> str:
-    return values.dumps({"table": change.table, "event": change.event, "pk": change.pk,
-                         "record": change.record, "old": change.old,
-                         "at": change.at.isoformat()})
+    data = {"table": change.table, "event": change.event, "pk": change.pk,
+            "record": change.record, "old": change.old, "at": change.at.isoformat(),
+            "source": change.source}
+    if change.by_shown:
+        data["by"] = change.by
+    return values.dumps(data)
 
 
 def decode_change(text: str) -> Change:
@@ -106,7 +109,8 @@ def decode_change(text: str) -> Change:
     # values.loads would turn a float column's 1.5 into a Decimal, sent as "1.5".
     data = json.loads(text)
     return Change(data["table"], data["event"], data["pk"], data["record"], data.get("old"),
-                  datetime.datetime.fromisoformat(data["at"]))
+                  datetime.datetime.fromisoformat(data["at"]), source=data.get("source", "api"),
+                  by=data.get("by"), by_shown="by" in data)
 
 
 class RedisBus:
