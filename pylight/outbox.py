@@ -23,6 +23,20 @@ REPLAY_BATCH = 500
 
 Writer = Callable[[bytes, "list[bytes] | None"], Any]
 
+# Outboxes with something new to write, flushed together once the event loop has
+# run what is ready (every change committed in a burst is delivered first): the
+# frames that wait for one socket then go out in one write, not one each.
+_due: list[Outbox] = []
+
+
+def _flush_due() -> None:
+    due = list(_due)
+    _due.clear()
+    for outbox in due:
+        outbox.scheduled = False
+        if outbox.queue and not outbox.in_flight:
+            outbox._flush()
+
 
 class Outbox:
     def __init__(self, max_pending: int, write: Writer, is_open: Callable[[], bool],
@@ -38,6 +52,7 @@ class Outbox:
         self._overflow = overflow
         self.sent = 0  # messages written (for metrics; one add per write)
         self.in_flight = False
+        self.scheduled = False  # waiting in _due
         self.closed = False
         # Called when a write completes, while subscriptions replay (see Subscription).
         self.refills: list[Callable[[], None]] = []
@@ -57,8 +72,11 @@ class Outbox:
         if len(queue) > self.max_pending:
             self._overflow()
             return
-        if not self.in_flight:
-            self._flush()
+        if not self.in_flight and not self.scheduled:
+            self.scheduled = True
+            _due.append(self)
+            if len(_due) == 1:
+                IOLoop.current().add_callback(_flush_due)
 
     def close(self) -> None:
         """Take nothing more and forget what waits."""
