@@ -42,7 +42,8 @@ class Outbox:
     def __init__(self, max_pending: int, write: Writer, is_open: Callable[[], bool],
                  overflow: Callable[[], None]) -> None:
         """``write(data, pieces)`` writes ``data`` (the ``pieces`` joined, or one piece
-        when ``pieces`` is None) and returns a future; ``is_open()`` says whether the
+        when ``pieces`` is None) and returns a future, or None when all of it went to
+        the socket at once; ``is_open()`` says whether the
         stream still takes writes; ``overflow()`` is called once too much waits."""
         self.queue: deque[bytes] = deque()
         self.max_pending = max_pending
@@ -108,9 +109,10 @@ class Outbox:
         except StreamClosedError:
             queue.clear()
             return
-        if future.done():
+        if future is None or future.done():
             # Written to the socket at once (the common case): nothing to wait for.
-            future.exception()  # marks a failure as seen; it has closed the stream
+            if future is not None:
+                future.exception()  # marks a failure as seen; it has closed the stream
             if queue or self.refills:  # more to send, or a replay to go on with
                 self.in_flight = True
                 IOLoop.current().add_callback(self._flushed, future)
@@ -120,7 +122,7 @@ class Outbox:
 
     def _flushed(self, future: Any) -> None:
         self.in_flight = False
-        if future.cancelled() or future.exception() is not None:
+        if future is not None and (future.cancelled() or future.exception() is not None):
             self.queue.clear()
             return
         for refill in list(self.refills):
