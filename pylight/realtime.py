@@ -49,7 +49,9 @@ class FrameSink:
         return text_frame(payload) if bits is None else deflated_text_frame(payload, bits)
 
     def send_notice(self, notice: Notice, variant: str, key: Any = None) -> None:
-        self.outbox.send(notice_frame(notice, variant, self.bits, key))
+        bits = self.bits
+        frame = notice.encodings.get(variant if bits is None else (variant, bits))
+        self.outbox.send(frame if frame is not None else notice_frame(notice, variant, bits, key))
 
     def send_text(self, text: str) -> None:
         self.outbox.send(self.frame(text))

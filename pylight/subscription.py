@@ -132,6 +132,8 @@ class Subscription:
         self.row_matcher = auth.matcher_of(self.table, rows)
         self.matcher = auth.matcher_of(self.table, self.where if rows is None
                                        else ql.Group((self.where, rows)))
+        # Every change goes out as formatted: the fan-out's fast path.
+        self.simple = self.matcher is None and not auth.authorizes
 
     # -- joining the feed --------------------------------------------------------------
     def start(self, feed: Feed, since: int | None) -> None:
@@ -161,6 +163,9 @@ class Subscription:
     # -- delivery ---------------------------------------------------------------------
     def deliver(self, notice: Notice) -> None:
         """A change was published (the hub calls this for every subscriber)."""
+        if self.simple and self.cursor is None:
+            self.sink.send_notice(notice, "plain")
+            return
         if self.cursor is not None:
             # Still catching up: this notice is in the ring and is read from
             # there in order. Once the ring let go of what this client has yet
