@@ -89,6 +89,8 @@ class Connections:
 class RateLimit:
     """A token bucket holding two seconds' worth of ``rate`` messages a second (0: no limit)."""
 
+    __slots__ = ("rate", "tokens", "refilled")
+
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.tokens = 2.0 * rate
@@ -110,6 +112,8 @@ class RateLimit:
 
 class Liveness:
     """Ping and pong of one connection, driven by :class:`Connections`' timer."""
+
+    __slots__ = ("interval", "timeout", "last_ping", "awaiting_pong")
 
     def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval

@@ -39,6 +39,11 @@ def _flush_due() -> None:
 
 
 class Outbox:
+
+    __slots__ = (
+        "queue", "max_pending", "replay_batch", "_write", "_is_open", "_overflow", "sent",
+        "in_flight", "scheduled", "closed", "refills",
+    )
     def __init__(self, max_pending: int, write: Writer, is_open: Callable[[], bool],
                  overflow: Callable[[], None]) -> None:
         """``write(data, pieces)`` writes ``data`` (the ``pieces`` joined, or one piece

@@ -38,6 +38,8 @@ TAGGED_FRAMES_KEPT = 32
 class FrameSink:
     """A connection's messages as WebSocket frames in its outbox."""
 
+    __slots__ = ("outbox", "bits", "drop_slow", "close")
+
     def __init__(self, outbox: Outbox, drop_slow: Any, close: Any) -> None:
         self.outbox = outbox
         self.bits: int | None = None  # the permessage-deflate window, when negotiated
@@ -72,6 +74,8 @@ class FrameSink:
 
 class TaggedSink:
     """One ``/ws`` subscription's messages: the connection's, each with ``"sub"`` added."""
+
+    __slots__ = ("sink", "tail")
 
     def __init__(self, sink: FrameSink, sub: str) -> None:
         self.sink = sink

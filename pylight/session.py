@@ -63,6 +63,11 @@ class Transport(Protocol):
 
 
 class FeedSession:
+
+    __slots__ = (
+        "context", "request", "transport", "identity", "subscriptions", "expiry", "rate", "ended",
+        "_turn",
+    )
     def __init__(self, context: FeedContext, request: HTTPServerRequest,
                  transport: Transport) -> None:
         self.context = context

@@ -111,6 +111,11 @@ class Sink(Protocol):
 
 
 class Subscription:
+
+    __slots__ = (
+        "table", "where", "auth", "sink", "feed", "cursor", "pending_verdict", "identity",
+        "row_matcher", "matcher", "simple",
+    )
     def __init__(self, table: TableInfo, where: ql.Group, auth: Auth, sink: Sink,
                  identity: Identity | None = None) -> None:
         self.table = table
