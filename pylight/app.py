@@ -120,9 +120,10 @@ class Pylight:
         # The triggers report every write, the API's included: an API write
         # only wakes the capture reader, which publishes each change once.
         wanted = asyncio.Event()
-        self.writes = Writes(self.db, CaptureWakeUp(wanted.set))
+        wake_up = CaptureWakeUp(wanted.set)
+        self.writes = Writes(self.db, wake_up)
         self.capture = Capture(self.db, self.writes, self.tables, self.hub.publish, wanted,
-                               self.config)
+                               self.config, wake_up.claim)
         self.capture.prepare()
 
     def database_names(self) -> list[str]:

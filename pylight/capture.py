@@ -248,14 +248,17 @@ class Capture:
     """Reads the change log and publishes what it finds."""
 
     def __init__(self, database: Database, writes: Writes, tables: dict[str, TableInfo],
-                 publish: Callable[[Change], Any], wanted: asyncio.Event, config: Config) -> None:
+                 publish: Callable[[Change], Any], wanted: asyncio.Event, config: Config,
+                 claim: Callable[[Change], Change] = lambda change: change) -> None:
         """``publish``: where changes read from the log go (the hub's ``publish``);
-        ``wanted``: set when the log should be read now (an API write committed)."""
+        ``wanted``: set when the log should be read now (an API write committed);
+        ``claim``: a change from the log as the API's own, when the API made it."""
         self.database = database
         self.backend = database.backend
         self.writes = writes
         self.tables = tables
         self.publish = publish
+        self.claim = claim
         self.event = wanted
         self.config = config
         self.high = 0  # the largest id read; smaller ones are read or in `holes`
@@ -344,7 +347,7 @@ class Capture:
             changes, more = await self.database.read(self._fetch)
             for change in changes:
                 try:
-                    self.publish(change)
+                    self.publish(self.claim(change))
                 except Exception:
                     # The log has moved past it: one bad change must not stop the rest.
                     log.exception("change capture: publishing a change of %s failed", change.table)

@@ -39,14 +39,18 @@ class Notice:
         self.encodings: dict[Any, bytes] = {}
 
     def variant(self, name: str, key: Any = None) -> str:
-        """The text of one of :attr:`VARIANTS`, encoded at most once. ``key``: for
-        ``left``, the key of the row as it was (the same for every subscriber)."""
+        """The text of one of :attr:`VARIANTS`, encoded at most once; ``name|a,b`` is
+        it with ``record`` and ``old`` cut to columns a and b (a feed's ``select``).
+        ``key``: for ``left``, the key of the row as it was (the same for everyone)."""
         text = self._texts.get(name)
         if text is None:
-            if name == "left":
+            base, _, columns = name.partition("|")
+            if base == "left":
                 message = messages.left(self._formatter, self.change, self.seq, key)
             else:
-                message = messages.variant(self.message, name)
+                message = messages.variant(self.message, base)
+            if columns:
+                message = messages.project(message, columns.split(","))
             text = self._texts[name] = values.dumps(message)
         return text
 

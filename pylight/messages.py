@@ -46,6 +46,16 @@ def variant(message: dict[str, Any], name: str) -> dict[str, Any]:
     return message
 
 
+def project(message: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    """``message`` with its ``record`` and ``old`` cut to ``columns`` (a feed's ``select``)."""
+    out = dict(message)
+    for name in ("record", "old"):
+        row = out.get(name)
+        if isinstance(row, dict):
+            out[name] = {column: row[column] for column in columns if column in row}
+    return out
+
+
 def left(formatter: Formatter, change: Change, seq: int, key: Any) -> dict[str, Any]:
     """The ``left`` variant: an update that took the row (key ``key``, as it was)
     out of what the subscriber may read, told without its contents."""

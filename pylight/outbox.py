@@ -20,6 +20,9 @@ from tornado.iostream import StreamClosedError
 BATCH_BYTES = 64 * 1024
 # Replayed messages queued at a time while a resuming client catches up.
 REPLAY_BATCH = 500
+# Messages that wait for the end of the event loop's pass before they are written
+# anyway (with at most half of max_pending).
+FLUSH_AT = 64
 
 Writer = Callable[[bytes, "list[bytes] | None"], Any]
 
@@ -41,7 +44,7 @@ def _flush_due() -> None:
 class Outbox:
 
     __slots__ = (
-        "queue", "max_pending", "replay_batch", "_write", "_is_open", "_overflow", "sent",
+        "queue", "max_pending", "replay_batch", "flush_at", "_write", "_is_open", "_overflow", "sent",
         "in_flight", "scheduled", "closed", "refills",
     )
     def __init__(self, max_pending: int, write: Writer, is_open: Callable[[], bool],
@@ -53,6 +56,7 @@ class Outbox:
         self.queue: deque[bytes] = deque()
         self.max_pending = max_pending
         self.replay_batch = max(1, min(max_pending // 2, REPLAY_BATCH))
+        self.flush_at = max(1, min(max_pending // 2, FLUSH_AT))
         self._write = write
         self._is_open = is_open
         self._overflow = overflow
@@ -78,7 +82,13 @@ class Outbox:
         if len(queue) > self.max_pending:
             self._overflow()
             return
-        if not self.in_flight and not self.scheduled:
+        if self.in_flight:
+            return
+        if len(queue) >= self.flush_at:
+            # A burst (one statement that changed many rows): write what has come so
+            # far now, so a client that reads is never dropped for the server's delay.
+            self._flush()
+        elif not self.scheduled:
             self.scheduled = True
             _due.append(self)
             if len(_due) == 1:

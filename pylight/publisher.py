@@ -14,8 +14,12 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from dataclasses import replace
 from typing import Any, Protocol
 
+from pylight import values
 from pylight.changes import Change
 from pylight.hub import Hub
 
@@ -48,8 +52,49 @@ class BusRelay:
 
 
 class CaptureWakeUp:
+    """Wakes the capture reader for each API change, and remembers the change for a
+    while: when the reader finds it in the log, :meth:`claim` says the API made it
+    (``source`` and ``by``), which the log itself does not know. Only the process that
+    made the write knows it; with a bus, the process that relays the change first wins."""
+
+    KEEP_SECONDS = 60.0
+    KEEP_MOST = 10000
+
     def __init__(self, wake: Any) -> None:
         self._wake = wake
+        self._made: dict[tuple[str, str, str], deque[tuple[float, Change]]] = {}
+        self._count = 0
 
     def publish(self, change: Change) -> None:
+        now = time.monotonic()
+        self._made.setdefault(_identity(change), deque()).append((now, change))
+        self._count += 1
+        if self._count > self.KEEP_MOST:
+            self._forget(now)
         self._wake()
+
+    def claim(self, change: Change) -> Change:
+        """``change``, read from the log, as the API's own when the API made it."""
+        entries = self._made.get(_identity(change))
+        if not entries:
+            return change
+        made_at, made = entries.popleft()
+        self._count -= 1
+        if not entries:
+            del self._made[_identity(change)]
+        if time.monotonic() - made_at > self.KEEP_SECONDS:
+            return change
+        return replace(change, source=made.source, by=made.by, by_shown=made.by_shown)
+
+    def _forget(self, now: float) -> None:
+        for key in list(self._made):
+            entries = self._made[key]
+            while entries and now - entries[0][0] > self.KEEP_SECONDS:
+                entries.popleft()
+                self._count -= 1
+            if not entries:
+                del self._made[key]
+
+
+def _identity(change: Change) -> tuple[str, str, str]:
+    return change.table, change.event, values.dumps(change.pk)

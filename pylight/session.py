@@ -121,7 +121,8 @@ class FeedSession:
             subscription: Any = WindowSubscription(context.windows, table, request.window,
                                                    context.auth, feed, sink, self.identity)
         else:
-            subscription = Subscription(table, request.where, context.auth, sink, self.identity)
+            subscription = Subscription(table, request.where, context.auth, sink, self.identity,
+                                        request.select)
             subscription.start(feed, request.since)
         self.subscriptions[sub] = subscription
         self._schedule_expiry()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pylight import messages
@@ -59,20 +59,21 @@ class FeedRequest:
     since: int | None = None
     #: With ``order`` and ``limit``: the query of a live window (API.md 6.3).
     window: ql.ListQuery | None = None
+    #: ``select``: the columns of ``record`` and ``old`` (empty: all).
+    select: list[str] = field(default_factory=list)
 
 
 def parse_request(table: TableInfo, arguments: Mapping[str, list[Any]], api: ApiSettings,
                   since: Any = None) -> FeedRequest:
     """A feed's query parameters (a URL's, or a /ws subscribe message's ``filter``);
     ``since``: given apart from them (a message's field, ``Last-Event-ID``)."""
-    where = ql.parse_filters(table, arguments, ignore=FEED_PARAMS)
+    # Parsed as a list query: the filters, and select, order and limit checked alike.
+    query = ql.parse_list_query(table, arguments, api.default_limit, api.max_limit, FEED_PARAMS)
     _, params = ql.split_arguments(table, arguments, [*FEED_PARAMS, *ql.LIST_PARAMS])
     if since is None and "since" in params:
         since = params["since"][-1]
-    request = FeedRequest(where, _since(since))
+    request = FeedRequest(query.where, _since(since), select=query.select)
     if "order" in params and "limit" in params:
-        query = ql.parse_list_query(table, arguments, api.default_limit, api.max_limit,
-                                    FEED_PARAMS)
         if query.offset or query.after is not None:
             raise bad_request("a live window starts at the first row: no offset or after",
                               parameter="offset" if query.offset else "after")
@@ -113,15 +114,18 @@ class Sink(Protocol):
 class Subscription:
 
     __slots__ = (
-        "table", "where", "auth", "sink", "feed", "cursor", "pending_verdict", "identity",
+        "table", "where", "auth", "sink", "columns", "feed", "cursor", "pending_verdict", "identity",
         "row_matcher", "matcher", "simple",
     )
     def __init__(self, table: TableInfo, where: ql.Group, auth: Auth, sink: Sink,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, select: list[str] = ()) -> None:
         self.table = table
         self.where = where
         self.auth = auth
         self.sink = sink
+        # Variant names name the selected columns too (see Notice.variant): messages
+        # with the same columns are encoded once, whoever asked.
+        self.columns = "|" + ",".join(select) if select else ""
         self.feed: Feed | None = None
         # While a resuming client catches up, the seq of the last replayed
         # notice; None once it is live.
@@ -169,7 +173,7 @@ class Subscription:
     def deliver(self, notice: Notice) -> None:
         """A change was published (the hub calls this for every subscriber)."""
         if self.simple and self.cursor is None:
-            self.sink.send_notice(notice, "plain")
+            self.sink.send_notice(notice, "plain" + self.columns)
             return
         if self.cursor is not None:
             # Still catching up: this notice is in the ring and is read from
@@ -217,9 +221,10 @@ class Subscription:
             old = change.old
             if old is not None and self.row_matcher is not None and not self.row_matcher(old):
                 old = None  # the row moved into this identity's rows from rows it may not see
-            variant = "plain" if old is change.old else "without_old"
+            variant = ("plain" if old is change.old else "without_old") + self.columns
             if self.auth.authorizes:
-                self._send_if_allowed(notice, change.record, variant, old, "without_old")
+                self._send_if_allowed(notice, change.record, variant, old,
+                                      "without_old" + self.columns)
             else:
                 self.sink.send_notice(notice, variant)
         elif change.event == "updated" and matcher(change.old):
@@ -228,9 +233,10 @@ class Subscription:
                 # showing what it became.
                 self._send_if_allowed(notice, change.old, "left")
             elif self.auth.authorizes:
-                self._send_if_allowed(notice, change.record, "unmatched", change.old, None)
+                self._send_if_allowed(notice, change.record, "unmatched" + self.columns,
+                                      change.old, None)
             else:
-                self.sink.send_notice(notice, "unmatched")
+                self.sink.send_notice(notice, "unmatched" + self.columns)
 
     def _send_if_allowed(self, notice: Notice, record: dict[str, Any] | None, variant: str,
                          old: dict[str, Any] | None = None,
