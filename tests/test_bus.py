@@ -317,3 +317,28 @@ async def test_captured_outside_writes_cross_the_bus_once(
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_subscriptions_on_one_socket_follow_writes_made_through_the_other_process(
+        pair: list[LiveServer]) -> None:
+    """/ws on B: two subscriptions, one to a table, one filtered; writes go through A."""
+    a, b = pair
+    channel = await FeedClient.open(b, "/ws")
+    for sub, table, text in (("all", "orders", ""), ("cheap", "products", "price=lt.5")):
+        channel.conn.write_message(json.dumps({"type": "subscribe", "id": sub,
+                                               "table": table, "filter": text}))
+        subscribed = await channel.recv(TIMEOUT)
+        assert subscribed is not None and subscribed["type"] == "subscribed", subscribed
+        assert subscribed["sub"] == sub
+    status, cheap = await rest(a.base_url, "POST", "/api/products",
+                               {"name": "bus pin", "price": "1.00", "sku": "BUS-PIN"})
+    assert status == 201
+    status, _ = await rest(a.base_url, "POST", "/api/products",
+                           {"name": "bus lamp", "price": "50.00", "sku": "BUS-LAMP"})
+    assert status == 201
+    (change,) = await channel.changes(1, TIMEOUT)
+    assert change["sub"] == "cheap" and change["record"]["id"] == cheap["id"]
+    assert change["source"] == "api"
+    assert await channel.drain() == []  # the lamp is not cheap; orders did not change
+    channel.close()
