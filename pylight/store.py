@@ -40,7 +40,9 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     # by cursor under any order, one without a key by offset.
     keyset = ql.keyset_order(table, q)
     order = keyset or ql.full_order(table, q.order)
-    fetch = names + [item.column for item in order if item.column not in names]
+    # The order's columns beyond the selected ones, once each (a table without a key
+    # is ordered by a column twice: as asked, then as a tie-breaker).
+    fetch = names + list(dict.fromkeys(item.column for item in order if item.column not in names))
     fields = [table.columns[name].selected for name in fetch]
 
     where = ql.to_sql(table, backend, q.where)
