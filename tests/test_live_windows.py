@@ -758,7 +758,7 @@ def test_windows_stay_equal_to_the_query(table: str, mode: str, window_tables: T
 
     rig = io_loop.run_sync(start)
 
-    @budget(20)
+    @budget(12)
     @given(data=st.data())
     def check(data: Any) -> None:
         note(f"{window_tables.backend} {table} {mode}")
