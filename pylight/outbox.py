@@ -144,3 +144,25 @@ class Outbox:
             refill()
         if self.queue and not self.in_flight:
             self._flush()
+
+
+class OutboxSink:
+    """What every transport's sink shares: its connection's outbox, whether a replay may
+    queue more, and giving up on (``drop_slow``) or closing the connection."""
+
+    __slots__ = ("outbox", "drop_slow", "close")
+
+    def __init__(self, outbox: Outbox, drop_slow: Callable[[], None], close: Any) -> None:
+        self.outbox = outbox
+        self.drop_slow = drop_slow
+        self.close = close
+
+    def has_room(self) -> bool:
+        return self.outbox.has_room()
+
+    def replaying(self, catch_up: Callable[[], None], on: bool) -> None:
+        refills = self.outbox.refills
+        if on:
+            refills.append(catch_up)
+        elif catch_up in refills:
+            refills.remove(catch_up)

@@ -20,7 +20,7 @@ from pylight.connections import Connections, Liveness
 from pylight.errors import ApiError, code_for
 from pylight.handlers import JsonErrors, origin_allowed
 from pylight.hub import Notice
-from pylight.outbox import Outbox
+from pylight.outbox import Outbox, OutboxSink
 from pylight.session import FeedContext, FeedSession
 from pylight.subscription import has_feed
 from pylight.wire import CLOSE_WAIT_SECONDS, FeedProtocol, deflated_text_frame, notice_frame, text_frame
@@ -35,16 +35,14 @@ SEND_BUFFER_BYTES = 32 * 1024
 TAGGED_FRAMES_KEPT = 32
 
 
-class FrameSink:
+class FrameSink(OutboxSink):
     """A connection's messages as WebSocket frames in its outbox."""
 
-    __slots__ = ("outbox", "bits", "drop_slow", "close")
+    __slots__ = ("bits",)
 
     def __init__(self, outbox: Outbox, drop_slow: Any, close: Any) -> None:
-        self.outbox = outbox
+        super().__init__(outbox, drop_slow, close)
         self.bits: int | None = None  # the permessage-deflate window, when negotiated
-        self.drop_slow = drop_slow
-        self.close = close
 
     def frame(self, payload: str) -> bytes:
         bits = self.bits
@@ -57,16 +55,6 @@ class FrameSink:
 
     def send_text(self, text: str) -> None:
         self.outbox.send(self.frame(text))
-
-    def has_room(self) -> bool:
-        return self.outbox.has_room()
-
-    def replaying(self, catch_up: Any, on: bool) -> None:
-        refills = self.outbox.refills
-        if on:
-            refills.append(catch_up)
-        elif catch_up in refills:
-            refills.remove(catch_up)
 
     def tagged(self, sub: str) -> TaggedSink:
         return TaggedSink(self, sub)

@@ -20,7 +20,7 @@ from tornado.web import RequestHandler
 from pylight.handlers import JsonErrors
 from pylight.hub import Notice
 from pylight.messages import hello
-from pylight.outbox import Outbox
+from pylight.outbox import Outbox, OutboxSink
 from pylight.session import FeedContext, FeedSession
 
 log = logging.getLogger("pylight")
@@ -38,13 +38,10 @@ def event(text: str, name: str | None = None, seq: int | None = None) -> bytes:
     return f"{head}event: {name}\ndata: {text}\n\n".encode()
 
 
-class EventSink:
+class EventSink(OutboxSink):
     """A subscription's messages as events in the connection's outbox."""
 
-    def __init__(self, outbox: Outbox, drop_slow: Any, close: Any) -> None:
-        self.outbox = outbox
-        self.drop_slow = drop_slow
-        self.close = close
+    __slots__ = ()
 
     def send_notice(self, notice: Notice, variant: str, key: Any = None) -> None:
         cached = ("sse", variant)
@@ -56,16 +53,6 @@ class EventSink:
 
     def send_text(self, text: str) -> None:
         self.outbox.send(event(text))
-
-    def has_room(self) -> bool:
-        return self.outbox.has_room()
-
-    def replaying(self, catch_up: Any, on: bool) -> None:
-        refills = self.outbox.refills
-        if on:
-            refills.append(catch_up)
-        elif catch_up in refills:
-            refills.remove(catch_up)
 
     def tagged(self, sub: str) -> Any:
         raise NotImplementedError("an event stream carries one subscription")
