@@ -73,8 +73,9 @@ RESULTS = BENCH / "results"
 PY = sys.executable
 HOST = "127.0.0.1"
 SERVERS = ("baseline", "node", "pylight", "pylight-ws", "pylight-sse")
-TITLES = {"baseline": "hand-written", "pylight": "Pylight", "preframed": "pre-framed",
-          "node": "Node ws", "pylight-ws": "Pylight /ws", "pylight-sse": "Pylight SSE"}
+TITLES = {"baseline": "hand-written", "pylight": "Pylight /ws/<table>",
+          "preframed": "pre-framed", "node": "Node ws", "pylight-ws": "Pylight /ws",
+          "pylight-sse": "Pylight SSE"}
 # The Node.js peer (bench/node_broadcast): its `ws` is installed from the committed
 # lock file into a folder outside the repository, once per lock file.
 NODE_DIR = BENCH / "node_broadcast"
@@ -507,6 +508,232 @@ def close_all(stats: Stats, clients: list[WSClient]) -> None:
     clients.clear()
 
 
+# -- fleets: the clients of one server, in this process or in lean C processes ------------
+class PyFleet:
+    """The asyncio clients above, in this process (``--client python``)."""
+
+    def __init__(self, kind: str, port: int) -> None:
+        self.kind, self.port = kind, port
+        self.stats = Stats()
+        self.clients: list[Any] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.clients)
+
+    async def connect(self, count: int) -> int:
+        return await connect_many(self.stats, self.port, count, self.clients, kind=self.kind)
+
+    async def count(self) -> int:
+        return self.stats.count
+
+    async def lost(self) -> int:
+        return self.stats.lost
+
+    async def reset_lost(self) -> None:
+        self.stats.lost = 0
+        self.stats.closes.clear()
+
+    async def closes(self) -> dict[Any, int]:
+        return dict(self.stats.closes)
+
+    async def snapshot(self) -> list[int]:
+        return [self.stats.count]
+
+    async def until(self, snapshot: list[int], per_client: int,
+                    timeout: float) -> tuple[int, float]:
+        """Wait until every client has ``per_client`` more change messages than at
+        ``snapshot``: (messages received since, when the last arrived, perf_counter s)."""
+        target = snapshot[0] + per_client * self.size
+        deadline = time.monotonic() + timeout
+        while self.stats.count < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        return self.stats.count - snapshot[0], time.perf_counter()
+
+    async def start_marking(self, target: int) -> None:
+        stats = self.stats
+        stats.arrivals, stats.target, stats.latency = [], target, True
+        stats.done = asyncio.get_running_loop().create_future()
+
+    async def wait_marked(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(self.stats.done), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def take_marks(self) -> list[tuple[int, float]]:
+        self.stats.latency = False
+        return self.stats.arrivals
+
+    def cpu_seconds(self) -> float:
+        return sum(os.times()[:2])
+
+    async def close(self) -> None:
+        close_all(self.stats, self.clients)
+
+
+def lean_client() -> Path | None:
+    """bench/fanout_client.c compiled (once per source) into the cache folder."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = BENCH / "fanout_client.c"
+    target = NODE_CACHE / ("fanout-client-" + hashlib.sha256(source.read_bytes()).hexdigest()[:12])
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([compiler, "-O2", "-o", str(target), str(source)], check=True)
+    return target
+
+
+class CProcess:
+    """One fanout_client process: a command line in, an answer line out."""
+
+    def __init__(self, binary: Path, port: int) -> None:
+        self.binary, self.port = binary, port
+        self.size = 0
+
+    async def start(self) -> None:
+        prefix = ["taskset", "-c", str(CLIENT_CORE)] if shutil.which("taskset") else []
+        self.proc = await asyncio.create_subprocess_exec(
+            *prefix, str(self.binary), HOST, str(self.port), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, limit=1 << 24)
+
+    async def ask(self, line: str, answer: bool = True) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+        if not answer:
+            return ""
+        reply = (await self.proc.stdout.readline()).decode().strip()
+        if not reply:
+            raise RuntimeError(f"fanout_client exited ({self.proc.returncode}) on {line!r}")
+        return reply
+
+    async def read_line(self) -> str:
+        assert self.proc.stdout is not None
+        return (await self.proc.stdout.readline()).decode().strip()
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                await self.ask("quit", answer=False)
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except (OSError, asyncio.TimeoutError):
+                self.proc.kill()
+
+
+class CFleet:
+    """Clients in ``procs`` lean C processes (``--client c``): the load generator then
+    costs a fraction of a microsecond per message, so the server is what is measured."""
+
+    def __init__(self, kind: str, port: int, binary: Path, procs: int) -> None:
+        self.kind = kind
+        self.procs = [CProcess(binary, port) for _ in range(procs)]
+        self.lost_base = 0
+        self.closes_base = 0
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.procs)
+
+    def spec(self) -> str:
+        if self.kind == "pylight-sse":
+            return "sse /sse/products"
+        if self.kind == "pylight-ws":
+            return 'wsmux /ws {"type":"subscribe","id":"p","table":"products"}'
+        return "ws /ws/products"
+
+    async def connect(self, count: int) -> int:
+        if not hasattr(self.procs[0], "proc"):
+            for proc in self.procs:
+                await proc.start()
+        shares = [count // len(self.procs) + (i < count % len(self.procs))
+                  for i in range(len(self.procs))]
+        failed = 0
+        for proc, share in zip(self.procs, shares, strict=True):
+            if share:  # one process at a time: the server accepts them one by one anyway
+                _, ok, bad = (await proc.ask(f"connect {share} {self.spec()}")).split()
+                proc.size += int(ok)
+                failed += int(bad)
+        return failed
+
+    async def _counts(self) -> list[list[int]]:
+        replies = await asyncio.gather(*(p.ask("count") for p in self.procs))
+        return [[int(x) for x in reply.split()[1:]] for reply in replies]
+
+    async def count(self) -> int:
+        return sum(c[0] for c in await self._counts())
+
+    async def lost(self) -> int:
+        return sum(c[1] for c in await self._counts()) - self.lost_base
+
+    async def reset_lost(self) -> None:
+        counts = await self._counts()
+        self.lost_base = sum(c[1] for c in counts)
+        self.closes_base = sum(c[2] for c in counts)
+
+    async def closes(self) -> dict[Any, int]:
+        seen = sum(c[2] for c in await self._counts()) - self.closes_base
+        return {"any": seen} if seen else {}
+
+    async def snapshot(self) -> list[int]:
+        return [c[0] for c in await self._counts()]
+
+    async def until(self, snapshot: list[int], per_client: int,
+                    timeout: float) -> tuple[int, float]:
+        """As PyFleet.until; each process waits for its own clients' share, and the
+        moment is when the last process's last message arrived (CLOCK_MONOTONIC, the
+        clock of time.perf_counter)."""
+        asks = [p.ask(f"until {base + per_client * p.size} {int(timeout * 1000)}")
+                for p, base in zip(self.procs, snapshot, strict=True)]
+        replies = [reply.split() for reply in await asyncio.gather(*asks)]
+        received = sum(int(r[1]) for r in replies) - sum(snapshot)
+        return received, max(int(r[2]) for r in replies) / 1e9
+
+    async def start_marking(self, target: int) -> None:
+        self.marking_target = target
+        await asyncio.gather(*(p.ask("mark on") for p in self.procs))
+
+    async def wait_marked(self, timeout: float) -> bool:
+        per_client = self.marking_target / max(1, self.size)
+        replies = await asyncio.gather(*(p.ask(f"wait {round(per_client * p.size)} "
+                                                f"{int(timeout * 1000)}") for p in self.procs))
+        return all(int(r.split()[1]) >= round(per_client * p.size)
+                   for r, p in zip(replies, self.procs, strict=True))
+
+    async def take_marks(self) -> list[tuple[int, float]]:
+        marks: list[tuple[int, float]] = []
+        for proc in self.procs:
+            k = int((await proc.ask("arrivals")).split()[1])
+            for _ in range(k):
+                seq, ns = (await proc.read_line()).split()
+                marks.append((int(seq), int(ns) / 1e9))
+            await proc.ask("mark off")
+        return marks
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.procs if hasattr(p, "proc"))
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if hasattr(proc, "proc"):
+                await proc.ask("close")
+                await proc.stop()
+                proc.size = 0
+        self.procs = [CProcess(p.binary, p.port) for p in self.procs]
+
+
+def make_fleet(kind: str, port: int, args: argparse.Namespace) -> PyFleet | CFleet:
+    if args.client == "c":
+        return CFleet(kind, port, args.lean_client, args.client_procs)
+    return PyFleet(kind, port)
+
+
 class Http:
     """One keep-alive HTTP/1.1 connection that POSTs and reads the answer."""
 
@@ -538,10 +765,10 @@ class Http:
 
 
 # -- the measurements ----------------------------------------------------------------------
-async def latency_phase(stats: Stats, port: int, clients: int, writes: int,
+async def latency_phase(fleet: PyFleet | CFleet, port: int, writes: int,
                         budget: float, timeout: float = 10.0) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
     http = await Http(port).open()
+    clients = fleet.size
     deliveries: list[float] = []
     last: list[float] = []
     posts: list[float] = []
@@ -554,21 +781,15 @@ async def latency_phase(stats: Stats, port: int, clients: int, writes: int,
             log(f"latency: stopped after {done} of {writes} writes (--latency-budget {budget} s)")
             break
         done += 1
-        stats.arrivals = []
-        stats.target = clients
-        stats.done = loop.create_future()
-        stats.latency = True
+        await fleet.start_marking(clients)
         t0 = time.perf_counter()
         status = await http.post()
         posts.append((time.perf_counter() - t0) * 1000)
         if status != 201:
             raise RuntimeError(f"POST answered {status}")
-        try:
-            await asyncio.wait_for(stats.done, timeout)
-        except asyncio.TimeoutError:
+        if not await fleet.wait_marked(timeout):
             incomplete += 1
-        stats.latency = False
-        arrivals = stats.arrivals
+        arrivals = await fleet.take_marks()
         if len({seq for seq, _ in arrivals}) > 1:
             mixed += 1
         deliveries.extend((t - t0) * 1000 for _, t in arrivals)
@@ -590,11 +811,50 @@ async def latency_phase(stats: Stats, port: int, clients: int, writes: int,
     }
 
 
-async def throughput_phase(stats: Stats, server: Server, clients: int, writers: int,
+class Usage:
+    """CPU of the server, the clients and this process (the writers), and of each core,
+    between start() and stop(), as % of one core."""
+
+    def __init__(self, server: Server, fleet: PyFleet | CFleet) -> None:
+        self.server, self.fleet = server, fleet
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.s0, self.c0 = self.server.cpu_seconds(), self.fleet.cpu_seconds()
+        self.d0, self.k0 = sum(os.times()[:2]), core_times()
+
+    def stop(self) -> dict[str, Any]:
+        span = time.perf_counter() - self.t0
+        s1, c1 = self.server.cpu_seconds(), self.fleet.cpu_seconds()
+        d1, k1 = sum(os.times()[:2]), core_times()
+        server_pct = 100 * (s1[0] + s1[1] - self.s0[0] - self.s0[1]) / span
+        client_pct = 100 * (c1 - self.c0) / span
+        driver_pct = 100 * (d1 - self.d0) / span
+        own = client_pct if isinstance(self.fleet, PyFleet) else client_pct + driver_pct
+        process_time = core_busy(self.k0, k1, 0)
+        # What other processes (other benchmarks, tests) ran on the two cores: should be ~0.
+        # Interrupt time (loopback TCP runs in softirq) and steal are reported apart.
+        foreign = {SERVER_CORE: process_time.get(SERVER_CORE, 0) - server_pct,
+                   CLIENT_CORE: process_time.get(CLIENT_CORE, 0) - own}
+        return {
+            "window_s": round(span, 3),
+            "server_cpu_pct": server_pct,
+            "server_sys_pct": 100 * (s1[1] - self.s0[1]) / span,
+            "client_cpu_pct": client_pct,
+            "driver_cpu_pct": driver_pct,
+            "core_busy_pct": core_busy(self.k0, k1),
+            "core_irq_pct": core_busy(self.k0, k1, 1),
+            "core_steal_pct": core_busy(self.k0, k1, 2),
+            "foreign_cpu_pct": {core: round(max(0.0, pct), 1) for core, pct in foreign.items()},
+        }
+
+
+async def throughput_phase(fleet: PyFleet | CFleet, server: Server, writers: int,
                            warmup: float, measure: float,
                            profile_to: Path | None = None) -> dict[str, Any]:
     https = [await Http(server.port).open() for _ in range(writers)]
-    stats.count = 0
+    clients = fleet.size
+    start = await fleet.snapshot()
     ok = 0
     failed = 0
     running = True
@@ -608,9 +868,9 @@ async def throughput_phase(stats: Stats, server: Server, clients: int, writers: 
                 failed += 1
 
     tasks = [asyncio.create_task(writer(h)) for h in https]
+    spy = None
     try:
         await asyncio.sleep(warmup)
-        spy = None
         if profile_to is not None:
             spy = await asyncio.create_subprocess_exec(
                 *(["taskset", "-c", str(CLIENT_CORE)] if shutil.which("taskset") else []),
@@ -618,11 +878,12 @@ async def throughput_phase(stats: Stats, server: Server, clients: int, writers: 
                 "--format", "raw", "--duration", str(int(measure)), "--output", str(profile_to),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
             await asyncio.sleep(0.3)  # let it attach
-        c0, w0, t0 = stats.count, ok, time.perf_counter()
-        s0, u0, k0 = server.cpu_seconds(), sum(os.times()[:2]), core_times()
+        usage = Usage(server, fleet)
+        c0, w0 = await fleet.count(), ok
+        usage.start()
         await asyncio.sleep(measure)
-        c1, w1, t1 = stats.count, ok, time.perf_counter()
-        s1, u1, k1 = server.cpu_seconds(), sum(os.times()[:2]), core_times()
+        c1, w1 = await fleet.count(), ok
+        cpu = usage.stop()
         running = False
         await asyncio.gather(*tasks)
     finally:
@@ -634,128 +895,159 @@ async def throughput_phase(stats: Stats, server: Server, clients: int, writers: 
         _, err = await spy.communicate()
         if spy.returncode:
             log(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
-    expected = ok * clients
-    deadline = time.monotonic() + 30
-    while stats.count < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    drained = time.perf_counter() - t1
-    span = t1 - t0
-    busy = core_busy(k0, k1)
-    process_time = core_busy(k0, k1, 0)
-    server_pct = 100 * (s1[0] + s1[1] - s0[0] - s0[1]) / span
-    client_pct = 100 * (u1 - u0) / span
-    # What other processes (other benchmarks, tests) ran on the two cores: should be ~0.
-    # Interrupt time (loopback TCP runs in softirq) and steal are reported apart.
-    foreign = {SERVER_CORE: process_time.get(SERVER_CORE, 0) - server_pct,
-               CLIENT_CORE: process_time.get(CLIENT_CORE, 0) - client_pct}
+    t_stop = time.perf_counter()
+    received, _ = await fleet.until(start, ok, 30)
+    span = cpu["window_s"]
     return {
         "writers": writers,
-        "window_s": round(span, 3),
         "deliveries_per_s": (c1 - c0) / span,
         "writes_per_s": (w1 - w0) / span,
-        "server_cpu_pct": server_pct,
-        "server_sys_pct": 100 * (s1[1] - s0[1]) / span,
-        "client_cpu_pct": client_pct,
-        "core_busy_pct": busy,
-        "core_irq_pct": core_busy(k0, k1, 1),
-        "core_steal_pct": core_busy(k0, k1, 2),
-        "foreign_cpu_pct": {core: round(max(0.0, pct), 1) for core, pct in foreign.items()},
+        **cpu,
         "writes_ok": ok,
         "writes_failed": failed,
-        "expected_deliveries": expected,
-        "received_deliveries": stats.count,
-        "lost_deliveries": max(0, expected - stats.count),
-        "drain_s": round(drained, 3),
+        "expected_deliveries": ok * clients,
+        "received_deliveries": received,
+        "lost_deliveries": max(0, ok * clients - received),
+        "drain_s": round(time.perf_counter() - t_stop, 3),
     }
 
 
-async def idle_phase(kind: str, workdir: Path, nofile: int, idle: int,
-                     log_level: str) -> dict[str, Any]:
-    server = Server(kind, workdir, nofile, log_level)
+async def burst_phase(fleet: PyFleet | CFleet, server: Server, changes: int,
+                      writers: int) -> dict[str, Any]:
+    """The issue's protocol: ``changes`` POSTs as fast as ``writers`` keep-alive
+    connections are answered; deliveries/s = every change at every client over the
+    time from the first POST until the last client had the last change."""
+    https = [await Http(server.port).open() for _ in range(writers)]
+    clients = fleet.size
+    start = await fleet.snapshot()
+    remaining, ok = changes, 0
+
+    async def writer(http: Http) -> None:
+        nonlocal remaining, ok
+        while remaining > 0:
+            remaining -= 1
+            if await http.post() == 201:
+                ok += 1
+
+    usage = Usage(server, fleet)
+    usage.start()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(writer(h) for h in https))
+    posted = time.perf_counter() - t0
+    received, t_last = await fleet.until(start, ok, 30)
+    cpu = usage.stop()
+    for h in https:
+        h.close()
+    span = t_last - t0
+    return {
+        "changes": ok, "writers": writers, "clients": clients,
+        "posted_s": round(posted, 4), "span_s": round(span, 4),
+        "deliveries_per_s": received / span,
+        "writes_per_s": ok / posted,
+        **cpu,
+        "expected_deliveries": ok * clients,
+        "received_deliveries": received,
+        "lost_deliveries": max(0, ok * clients - received),
+    }
+
+
+async def idle_phase(kind: str, workdir: Path, nofile: int,
+                     args: argparse.Namespace) -> dict[str, Any]:
+    server = Server(kind, workdir, nofile, args.log_level)
     await server.start()
-    stats = Stats()
-    clients: list[WSClient] = []
+    fleet = make_fleet(kind, server.port, args)
     try:
         await asyncio.sleep(0.5)
         before = server.rss_mb()
         t0 = time.perf_counter()
-        failed = await connect_many(stats, server.port, idle, clients, kind=kind)
+        failed = await fleet.connect(args.idle)
         took = time.perf_counter() - t0
         await asyncio.sleep(2.0)
         after = server.rss_mb()
+        size = fleet.size
         result = {
-            "subscribers": len(clients), "failed": failed, "connect_s": round(took, 2),
-            "connects_per_s": round(len(clients) / took), "rss_before_mb": round(before, 1),
+            "subscribers": size, "failed": failed, "connect_s": round(took, 2),
+            "connects_per_s": round(size / took), "rss_before_mb": round(before, 1),
             "rss_mb": round(after, 1),
-            "kb_per_subscriber": round((after - before) * 1024 / max(1, len(clients)), 1),
-            "lost": stats.lost,
+            "kb_per_subscriber": round((after - before) * 1024 / max(1, size), 1),
+            "lost": await fleet.lost(),
         }
-        log(f"{kind}: {len(clients)} idle subscribers -> RSS {after:.1f} MB "
+        log(f"{kind}: {size} idle subscribers -> RSS {after:.1f} MB "
             f"(was {before:.1f} MB; {result['kb_per_subscriber']} KB each; "
             f"connected in {took:.1f} s)")
         return result
     finally:
-        close_all(stats, clients)
+        await fleet.close()
         server.stop()
 
 
 def log_throughput(kind: str, n: int, thr: dict[str, Any], note: str = "") -> None:
-    log(f"{kind} @ {n}{note}: {thr['deliveries_per_s']:,.0f} deliveries/s, "
-        f"{thr['writes_per_s']:,.0f} writes/s, server CPU {thr['server_cpu_pct']:.0f}% "
-        f"(sys {thr['server_sys_pct']:.0f}%), client CPU {thr['client_cpu_pct']:.0f}%, "
-        f"lost {thr['lost_deliveries']}, other work on cores {thr['foreign_cpu_pct']}%")
+    writes = f", {thr['writes_per_s']:,.0f} writes/s"
+    log(f"{kind} @ {n}{note}: {thr['deliveries_per_s']:,.0f} deliveries/s{writes}, server CPU "
+        f"{thr['server_cpu_pct']:.0f}% (sys {thr['server_sys_pct']:.0f}%), client CPU "
+        f"{thr['client_cpu_pct']:.0f}% (+ writers {thr['driver_cpu_pct']:.0f}%), lost "
+        f"{thr['lost_deliveries']}, other work on cores {thr['foreign_cpu_pct']}%")
+
+
+async def measure_step(args: argparse.Namespace, n: int, servers: dict[str, Server],
+                       fleets: dict[str, PyFleet | CFleet]) -> dict[str, dict[str, Any]]:
+    """One client count: latency, then bursts and deliveries/s windows, alternating."""
+    step: dict[str, dict[str, Any]] = {}
+    for kind, server in servers.items():
+        t0 = time.perf_counter()
+        failed = await fleets[kind].connect(n - fleets[kind].size)
+        log(f"{kind}: {fleets[kind].size} clients subscribed "
+            f"({time.perf_counter() - t0:.1f} s, {failed} failed); RSS {server.rss_mb():.1f} MB")
+        step[kind] = {"clients": fleets[kind].size, "connect_failed": failed}
+        await fleets[kind].reset_lost()
+    await asyncio.sleep(0.5)
+    for kind, server in servers.items():
+        lat = await latency_phase(fleets[kind], server.port, args.writes, args.latency_budget)
+        step[kind]["latency"] = lat
+        log(f"{kind} @ {n}: latency p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} "
+            f"ms, last client p50 {lat['last_client_p50_ms']:.2f} ms")
+    for round_ in range(args.rounds):
+        order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+        for kind in order:
+            if args.burst:
+                burst = await burst_phase(fleets[kind], servers[kind], args.burst, args.writers)
+                log_throughput(kind, n, burst, f" burst of {burst['changes']}, round {round_ + 1}")
+                step[kind].setdefault("bursts", []).append(burst)
+            if args.measure:
+                thr = await throughput_phase(fleets[kind], servers[kind], args.writers,
+                                             args.warmup, args.measure)
+                log_throughput(kind, n, thr, f" round {round_ + 1}")
+                step[kind].setdefault("rounds", []).append(thr)
+    for kind, server in servers.items():
+        for many, best in (("rounds", "throughput"), ("bursts", "burst")):
+            if step[kind].get(many):
+                step[kind][best] = max(step[kind][many], key=lambda r: r["deliveries_per_s"])
+        step[kind]["rss_mb"] = round(server.rss_mb(), 1)
+        step[kind]["connections_lost"] = await fleets[kind].lost()
+        step[kind]["close_codes"] = await fleets[kind].closes()
+    return step
 
 
 async def fanout_run(args: argparse.Namespace, workdir: Path, nofile: int) -> dict[str, Any]:
-    """Both servers up at once, each step measured on both back to back.
+    """All servers up at once, each step measured on each back to back.
 
     Interleaving keeps the ratio honest on a machine where other work comes
-    and goes; the deliveries/s window is repeated ``--rounds`` times per
-    server, alternating, and the best round is the figure (other work can
-    only make a round slower).
+    and goes; the bursts and deliveries/s windows are repeated ``--rounds``
+    times per server, alternating, and the best round is the figure (other
+    work can only make a round slower).
     """
     servers = {kind: Server(kind, workdir, nofile, args.log_level) for kind in args.servers}
-    stats = {kind: Stats() for kind in args.servers}
-    clients: dict[str, list[WSClient]] = {kind: [] for kind in args.servers}
+    fleets: dict[str, PyFleet | CFleet] = {}
     steps: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.servers}
     try:
-        for server in servers.values():
+        for kind, server in servers.items():
             await server.start()
+            fleets[kind] = make_fleet(kind, server.port, args)
         for n in args.clients:
-            step: dict[str, dict[str, Any]] = {}
-            for kind, server in servers.items():
-                t0 = time.perf_counter()
-                failed = await connect_many(stats[kind], server.port, n - len(clients[kind]),
-                                            clients[kind], kind=kind)
-                log(f"{kind}: {len(clients[kind])} clients subscribed "
-                    f"({time.perf_counter() - t0:.1f} s, {failed} failed); "
-                    f"RSS {server.rss_mb():.1f} MB")
-                step[kind] = {"clients": len(clients[kind]), "connect_failed": failed}
-                stats[kind].lost = 0
-                stats[kind].closes.clear()
-            await asyncio.sleep(0.5)
-            for kind, server in servers.items():
-                lat = await latency_phase(stats[kind], server.port, len(clients[kind]),
-                                          args.writes, args.latency_budget)
-                step[kind]["latency"] = lat
-                log(f"{kind} @ {n}: latency p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} "
-                    f"ms, last client p50 {lat['last_client_p50_ms']:.2f} ms")
-            for round_ in range(args.rounds):
-                order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
-                for kind in order:
-                    thr = await throughput_phase(stats[kind], servers[kind], len(clients[kind]),
-                                                 args.writers, args.warmup, args.measure)
-                    log_throughput(kind, n, thr, f" round {round_ + 1}")
-                    step[kind].setdefault("rounds", []).append(thr)
-            for kind, server in servers.items():
-                rounds = step[kind]["rounds"]
-                step[kind]["throughput"] = max(rounds, key=lambda r: r["deliveries_per_s"])
-                step[kind]["rss_mb"] = round(server.rss_mb(), 1)
-                step[kind]["connections_lost"] = stats[kind].lost
-                step[kind]["close_codes"] = dict(stats[kind].closes)
+            step = await measure_step(args, n, servers, fleets)
             if args.profile and "pylight" in servers and n == args.profile_clients:
                 raw = RESULTS / f"fanout-profile-{RUN}.txt"
-                prof = await throughput_phase(stats["pylight"], servers["pylight"], n,
+                prof = await throughput_phase(fleets["pylight"], servers["pylight"],
                                               args.writers, args.warmup, args.profile_seconds,
                                               profile_to=raw)
                 step["pylight"]["profiled_throughput"] = prof
@@ -766,8 +1058,8 @@ async def fanout_run(args: argparse.Namespace, workdir: Path, nofile: int) -> di
             for kind in servers:
                 steps[kind].append(step[kind])
     finally:
-        for kind in servers:
-            close_all(stats[kind], clients[kind])
+        for fleet in fleets.values():
+            await fleet.close()
         await asyncio.sleep(0.5)
         for server in servers.values():
             server.stop()
@@ -874,51 +1166,64 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 def report(results: dict[str, Any]) -> str:
     lines = []
-    head = (f"{'server':<13}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'last p50':>10}"
-            f"{'last max':>10}{'deliv/s':>10}{'writes/s':>10}{'srv CPU':>9}{'(sys)':>7}{'cli CPU':>9}"
-            f"{'lost':>6}{'RSS MB':>8}")
+    head = (f"{'server':<22}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'last p50':>10}"
+            f"{'burst/s':>10}{'cli CPU':>9}{'deliv/s':>10}{'writes/s':>10}{'srv CPU':>9}"
+            f"{'cli CPU':>9}{'lost':>6}{'RSS MB':>8}")
     lines.append(head)
     lines.append("-" * len(head))
     by = {}
+    empty: dict[str, Any] = {}
     for kind in [*SERVERS, "preframed"]:
         for step in results["servers"].get(kind, {}).get("steps", []):
-            lat, thr = step["latency"], step["throughput"]
+            lat = step["latency"]
+            burst, thr = step.get("burst", empty), step.get("throughput", empty)
             by[(kind, step["clients"])] = step
-            lost = thr["lost_deliveries"] + step["connections_lost"]
+            lost = (burst.get("lost_deliveries", 0) + thr.get("lost_deliveries", 0)
+                    + step["connections_lost"])
             lines.append(
-                f"{TITLES[kind]:<13}{step['clients']:>8}{fmt(lat['p50_ms']):>9}"
+                f"{TITLES[kind]:<22}{step['clients']:>8}{fmt(lat['p50_ms']):>9}"
                 f"{fmt(lat['p99_ms']):>9}{fmt(lat['last_client_p50_ms']):>10}"
-                f"{fmt(lat['last_client_max_ms']):>10}{thr['deliveries_per_s']:>10,.0f}"
-                f"{thr['writes_per_s']:>10,.0f}{thr['server_cpu_pct']:>8.0f}%"
-                f"{thr['server_sys_pct']:>6.0f}%"
-                f"{thr['client_cpu_pct']:>8.0f}%{lost:>6}{step['rss_mb']:>8.1f}")
-    noisy = [(kind, n, step["throughput"]["foreign_cpu_pct"]) for (kind, n), step in by.items()
-             if max(step["throughput"].get("foreign_cpu_pct", {0: 0}).values()) > 10]
+                f"{fmt(burst.get('deliveries_per_s'), ',.0f'):>10}"
+                f"{fmt(burst.get('client_cpu_pct'), '.0f'):>8}%"
+                f"{fmt(thr.get('deliveries_per_s'), ',.0f'):>10}"
+                f"{fmt(thr.get('writes_per_s'), ',.0f'):>10}"
+                f"{fmt(thr.get('server_cpu_pct'), '.0f'):>8}%"
+                f"{fmt(thr.get('client_cpu_pct'), '.0f'):>8}%{lost:>6}{step['rss_mb']:>8.1f}")
+    noisy = [(kind, n, phase["foreign_cpu_pct"]) for (kind, n), step in by.items()
+             for phase in (step.get("burst", empty), step.get("throughput", empty))
+             if max(phase.get("foreign_cpu_pct", {0: 0}).values()) > 10]
     for kind, n, foreign in noisy:
         lines.append(f"WARNING: other processes used {foreign} % of cores (0: server, 1: clients) "
                      f"during {TITLES[kind]} @ {n}: those figures are low")
     lines.append("")
     lines.append("p50/p99: REST write -> receipt, over every (write, client) delivery; "
                  "last: until the last client had it.")
+    lines.append(f"burst/s: {results['settings']['burst']} changes to every client, from the "
+                 "first POST until the last client had the last; deliv/s: sustained, "
+                 "writers posting without pause.")
     lines.append("")
     checks = []
     pylights = [kind for kind in SERVERS if kind.startswith("pylight")]
     for n in sorted({c for _, c in by}):
         for kind in pylights:
             for peer, target in (("baseline", TARGET_RATIO), ("node", TARGET_NODE_RATIO)):
-                if (kind, n) in by and (peer, n) in by:
-                    ratio = (by[(kind, n)]["throughput"]["deliveries_per_s"]
-                             / by[(peer, n)]["throughput"]["deliveries_per_s"])
-                    checks.append({"check": f"deliveries/s at {n} clients, {TITLES[kind]} / "
-                                            f"{TITLES[peer]}",
+                for phase, name in (("burst", "burst"), ("throughput", "sustained")):
+                    mine = by.get((kind, n), empty).get(phase)
+                    theirs = by.get((peer, n), empty).get(phase)
+                    if not mine or not theirs:
+                        continue
+                    ratio = mine["deliveries_per_s"] / theirs["deliveries_per_s"]
+                    checks.append({"check": f"{name} deliveries/s at {n} clients, "
+                                            f"{TITLES[kind]} / {TITLES[peer]}",
                                    "value": round(ratio, 3), "target": f">= {target:.2f}",
                                    "pass": ratio >= target})
-    step = by.get(("pylight", TARGET_P99_CLIENTS))
-    if step:
-        p99 = step["latency"]["p99_ms"]
-        checks.append({"check": f"Pylight p99 to {TARGET_P99_CLIENTS} clients (ms)",
-                       "value": round(p99, 2), "target": f"<= {TARGET_P99_MS:.0f}",
-                       "pass": p99 <= TARGET_P99_MS})
+    for kind in pylights:
+        step = by.get((kind, TARGET_P99_CLIENTS))
+        if step:
+            p99 = step["latency"]["p99_ms"]
+            checks.append({"check": f"{TITLES[kind]} p99 to {TARGET_P99_CLIENTS} clients (ms)",
+                           "value": round(p99, 2), "target": f"<= {TARGET_P99_MS:.0f}",
+                           "pass": p99 <= TARGET_P99_MS})
     idle = results.get("idle", {})
     for kind, limit in (("pylight", TARGET_RSS_MB), ("pylight-ws", TARGET_WS_RSS_MB)):
         if kind in idle:
@@ -951,7 +1256,8 @@ async def run_all(args: argparse.Namespace, workdir: Path, nofile: int) -> dict[
         "clients": args.clients, "writes": args.writes,
         "latency_budget_s": args.latency_budget, "writers": args.writers,
         "warmup_s": args.warmup, "measure_s": args.measure, "rounds": args.rounds,
-        "idle": args.idle,
+        "idle": args.idle, "burst": args.burst, "client": args.client,
+        "client_procs": args.client_procs,
         "pylight_log_level": args.log_level, "nofile": nofile, "nice": args.nice,
         "server_core": SERVER_CORE, "client_core": CLIENT_CORE}, "reference": REFERENCE,
         "servers": {}, "idle": {}}
@@ -959,8 +1265,7 @@ async def run_all(args: argparse.Namespace, workdir: Path, nofile: int) -> dict[
     results["servers"] = await fanout_run(args, workdir, nofile)
     if args.idle:
         for kind in args.servers:
-            results["idle"][kind] = await idle_phase(kind, workdir, nofile, args.idle,
-                                                     args.log_level)
+            results["idle"][kind] = await idle_phase(kind, workdir, nofile, args)
     return results
 
 
@@ -972,8 +1277,16 @@ def main() -> int:
     parser.add_argument("--latency-budget", type=float, default=20,
                         help="stop issuing latency writes after this long (s)")
     parser.add_argument("--writers", type=int, default=8, help="concurrent writers for deliveries/s")
+    parser.add_argument("--burst", type=int, default=200,
+                        help="changes per burst (the issue's protocol; 0: no bursts)")
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--measure", type=float, default=4.0, help="deliveries/s window (s)")
+    parser.add_argument("--measure", type=float, default=4.0,
+                        help="sustained deliveries/s window (s; 0: bursts only)")
+    parser.add_argument("--client", choices=("c", "python"), default="c",
+                        help="load generator: c (bench/fanout_client.c, compiled with cc; "
+                             "the default) or python (asyncio in this process)")
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="C client processes per server (all on the client core)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="deliveries/s windows per server and step; the best counts")
     parser.add_argument("--idle", type=int, default=10000, help="idle subscribers for RSS (0: skip)")
@@ -994,6 +1307,11 @@ def main() -> int:
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",") if c]
     args.servers = [s for s in args.servers.split(",") if s]
+    if args.client == "c":
+        args.lean_client = lean_client()
+        if args.lean_client is None:
+            log("no C compiler: the clients run in Python (--client python)")
+            args.client = "python"
     if args.profile and not PY_SPY:
         parser.error("--profile needs py-spy (pip install py-spy)")
 
