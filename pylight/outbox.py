@@ -9,7 +9,6 @@ allowed to grow the server's memory.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +52,9 @@ class Outbox:
         when ``pieces`` is None) and returns a future, or None when all of it went to
         the socket at once; ``is_open()`` says whether the
         stream still takes writes; ``overflow()`` is called once too much waits."""
-        self.queue: deque[bytes] = deque()
+        # A list, not a deque: an empty deque costs 0.7 KB, and most connections are
+        # idle; a flush takes its batch off the front with one slice.
+        self.queue: list[bytes] = []
         self.max_pending = max_pending
         self.replay_batch = max(1, min(max_pending // 2, REPLAY_BATCH))
         self.flush_at = max(1, min(max_pending // 2, FLUSH_AT))
@@ -108,17 +109,22 @@ class Outbox:
         queue = self.queue
         pieces: list[bytes] | None = None
         if len(queue) == 1:
-            data = queue.popleft()
+            data = queue.pop()
             self.sent += 1
         else:
-            pieces = []
+            taken = 0
             size = 0
-            while queue and size < BATCH_BYTES:
-                piece = queue.popleft()
-                size += len(piece)
-                pieces.append(piece)
+            while taken < len(queue) and size < BATCH_BYTES:
+                size += len(queue[taken])
+                taken += 1
+            if taken == len(queue):
+                pieces = queue
+                queue = self.queue = []
+            else:
+                pieces = queue[:taken]
+                del queue[:taken]
             data = b"".join(pieces)
-            self.sent += len(pieces)
+            self.sent += taken
         try:
             future = self._write(data, pieces)
         except StreamClosedError:
