@@ -9,6 +9,7 @@ allowed to grow the server's memory.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,15 +30,35 @@ Writer = Callable[[bytes, "list[bytes] | None"], Any]
 # run what is ready (every change committed in a burst is delivered first): the
 # frames that wait for one socket then go out in one write, not one each.
 _due: list[Outbox] = []
+# A flush pass over many sockets costs one system call each (most of a large
+# fan-out's time). After such a pass the next one waits as long as it took (at
+# most COALESCE_MAX_S), so the changes committed meanwhile share those calls;
+# with few subscribers, or after a quiet spell, nothing waits.
+COALESCE_SOCKETS = 200
+COALESCE_MAX_S = 0.008
+_last_pass = [0, 0.0, 0.0]  # sockets written, how long it took, when it ended
+
+
+def _schedule_flush() -> None:
+    loop = IOLoop.current()
+    sockets, took, ended = _last_pass
+    wait = min(took, COALESCE_MAX_S) - (time.monotonic() - ended)
+    if sockets >= COALESCE_SOCKETS and wait > 0:
+        loop.call_later(wait, _flush_due)
+    else:
+        loop.add_callback(_flush_due)
 
 
 def _flush_due() -> None:
     due = list(_due)
     _due.clear()
+    started = time.monotonic()
     for outbox in due:
         outbox.scheduled = False
         if outbox.queue and not outbox.in_flight:
             outbox._flush()
+    ended = time.monotonic()
+    _last_pass[:] = (len(due), ended - started, ended)
 
 
 class Outbox:
@@ -93,7 +114,7 @@ class Outbox:
             self.scheduled = True
             _due.append(self)
             if len(_due) == 1:
-                IOLoop.current().add_callback(_flush_due)
+                _schedule_flush()
 
     def close(self) -> None:
         """Take nothing more and forget what waits."""
