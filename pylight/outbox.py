@@ -37,10 +37,17 @@ _due: list[Outbox] = []
 COALESCE_SOCKETS = 200
 COALESCE_MAX_S = 0.008
 _last_pass = [0, 0.0, 0.0]  # sockets written, how long it took, when it ended
+# The loop a flush of _due is scheduled on (None: none is). Compared with the
+# current loop, not just set: a loop that stopped before its flush ran (a test's,
+# or a server's that was stopped) must not keep every later change waiting.
+_scheduled_on: list[IOLoop | None] = [None]
 
 
 def _schedule_flush() -> None:
     loop = IOLoop.current()
+    if _scheduled_on[0] is loop:
+        return
+    _scheduled_on[0] = loop
     sockets, took, ended = _last_pass
     wait = min(took, COALESCE_MAX_S) - (time.monotonic() - ended)
     if sockets >= COALESCE_SOCKETS and wait > 0:
@@ -50,6 +57,7 @@ def _schedule_flush() -> None:
 
 
 def _flush_due() -> None:
+    _scheduled_on[0] = None
     due = list(_due)
     _due.clear()
     started = time.monotonic()
@@ -113,8 +121,7 @@ class Outbox:
         elif not self.scheduled:
             self.scheduled = True
             _due.append(self)
-            if len(_due) == 1:
-                _schedule_flush()
+            _schedule_flush()
 
     def close(self) -> None:
         """Take nothing more and forget what waits."""

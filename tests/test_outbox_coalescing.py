@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,7 +36,9 @@ async def settle(seconds: float = 0.05) -> None:
 
 
 @pytest.fixture(autouse=True)
-def fresh_pass_record() -> None:
+def fresh_pass_record() -> Iterator[None]:
+    ob._last_pass[:] = (0, 0.0, 0.0)
+    yield
     ob._last_pass[:] = (0, 0.0, 0.0)
 
 
@@ -96,3 +99,31 @@ async def test_a_burst_past_flush_at_is_written_without_waiting() -> None:
         for box in boxes:
             box.send(frame)
     assert all(s.writes == [frames] for s in sockets)
+
+
+def test_a_loop_that_stops_before_its_flush_does_not_hold_back_the_next() -> None:
+    """A server (or a test) whose loop stopped with a flush still scheduled: the
+    next loop's changes are written all the same."""
+    stale, _ = outboxes(3)
+
+    async def leave_unflushed() -> None:
+        for box in stale:
+            box.send(b"never written")
+
+    old = asyncio.new_event_loop()
+    old.run_until_complete(leave_unflushed())  # the flush is scheduled, never run
+    old.close()
+
+    boxes, sockets = outboxes(2)
+
+    async def deliver() -> None:
+        for box in boxes:
+            box.send(b"next")
+        await settle()
+
+    fresh = asyncio.new_event_loop()
+    try:
+        fresh.run_until_complete(deliver())
+    finally:
+        fresh.close()
+    assert all(s.writes == [[b"next"]] for s in sockets)
