@@ -408,12 +408,3 @@ def load(settings: dict[str, str], tables: Any) -> JwtAuth:
         leeway=leeway, require=require, permissions_claim=claim_name,
         default_permissions=defaults, filters=_filters(settings, tables),
     )
-
-
-@hookimpl
-def pylight_startup(app: Any) -> None:
-    """Validate ``[plugin:jwt]`` and, when present, register its hooks for this server."""
-    settings = app.config.plugin_section(SECTION)
-    if not settings:
-        return  # no section: the plugin stays inert
-    app.auth.add_provider(load(settings, app.tables), f"{SECTION}.auth")

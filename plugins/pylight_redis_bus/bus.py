@@ -40,9 +40,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from pylight import hookimpl, values
-from pylight.backend import redact_url, url_scheme
-from pylight.errors import StartupError
+from pylight import values
+from pylight.backend import redact_url
 from pylight.hub import Change
 
 if TYPE_CHECKING:
@@ -50,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pylight.bus")
 
-SCHEMES = ("redis", "rediss", "unix")
 # Reconnection backoff: first retry after MIN_DELAY seconds, doubling up to MAX_DELAY.
 MIN_DELAY, MAX_DELAY = 0.25, 5.0
 # An idle subscription is pinged this often; no answer at all for DEAD_AFTER seconds
@@ -396,16 +394,3 @@ class RedisBus:
             return  # already read from the stream while (re)connecting
         self.delivered += 1
         self.hub.deliver(change, seq)
-
-
-@hookimpl
-def pylight_change_bus(app: Pylight) -> RedisBus | None:
-    url = app.config.bus.url
-    if not url:
-        return None
-    if url_scheme(url) not in SCHEMES:
-        raise StartupError(f"[bus] url {redact_url(url)!r}: expected redis://host:port/db, "
-                           "rediss://... or unix:///path.sock")
-    if not app.config.bus.prefix:
-        raise StartupError("[bus] prefix must not be empty")
-    return RedisBus(app)
