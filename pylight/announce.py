@@ -1,5 +1,6 @@
 """The lines a server logs once it listens: what it exposes, and what in the
-configuration selects nothing."""
+configuration selects nothing (or, for `[api] tables` matching nothing, the one
+line that stops start-up)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from typing import Any
 
 from pylight.config import Config
+from pylight.errors import StartupError
 from pylight.redaction import redact_url
 from pylight.schema import TableInfo
 
@@ -53,17 +55,34 @@ def selection(config: Config, tables: dict[str, TableInfo], found: list[str]) ->
                         "name%s", setting, ", ".join(unmatched), where)
 
 
-def _nothing_selected(config: Config, found: list[str], setting: str, where: str) -> None:
+def check_selection(config: Config, found: list[str]) -> None:
+    """Stop start-up when ``[api] tables`` matches none of the database's tables and
+    views (``found``), naming them: a server exposing nothing is a typo's doing, and
+    fails like an unknown ``[table:NAME]`` does. An empty database is no error (it
+    is said to be empty once the server listens)."""
     api = config.api
+    if not found or any(fnmatch.fnmatchcase(name, pattern)
+                        for name in found for pattern in api.tables):
+        return
+    where = f" in {config.source}" if config.source != "<defaults>" else ""
+    raise StartupError(
+        f"[api] tables = {', '.join(api.tables) or '(empty)'} matches nothing, and the "
+        f"database has {_names(found)}; change [api] tables{where} (or PYLIGHT_API_TABLES)")
+
+
+def _names(found: list[str]) -> str:
+    """``3 tables and views: a, b, c``, the first NAMES_SHOWN of them, then how many more."""
     listed = ", ".join(found[:NAMES_SHOWN])
     if len(found) > NAMES_SHOWN:
         listed += f" and {len(found) - NAMES_SHOWN} more"
     has = "1 table or view" if len(found) == 1 else f"{len(found)} tables and views"
-    if api.exclude:
-        what = f"{setting} with [api] exclude = {', '.join(api.exclude)} leaves nothing"
-        change = ("[api] tables or [api] exclude", "PYLIGHT_API_TABLES / PYLIGHT_API_EXCLUDE")
-    else:
-        what = f"{setting} matches nothing"
-        change = ("[api] tables", "PYLIGHT_API_TABLES")
-    log.warning("no table is exposed: %s, and the database has %s: %s; change %s%s "
-                "(or %s)", what, has, listed, change[0], where, change[1])
+    return f"{has}: {listed}"
+
+
+def _nothing_selected(config: Config, found: list[str], setting: str, where: str) -> None:
+    # `tables` itself matches something (check_selection stopped start-up otherwise):
+    # `exclude` took it all away.
+    what = f"{setting} with [api] exclude = {', '.join(config.api.exclude)} leaves nothing"
+    log.warning("no table is exposed: %s, and the database has %s; change [api] tables or "
+                "[api] exclude%s (or PYLIGHT_API_TABLES / PYLIGHT_API_EXCLUDE)",
+                what, _names(found), where)

@@ -4,7 +4,7 @@ Nothing else in the package imports this module (the command line does);
 every other part is handed exactly the collaborators it needs. Plugins get
 the :class:`Pylight` object itself through their hooks' ``app`` argument
 (``app.config``, ``app.tables``, ``app.hub``, ``app.db``, ``app.backend``,
-``app.auth``).
+``app.auth``, ``app.state``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pluggy
 import tornado.web
 from tornado.httpserver import HTTPServer
 
-from pylight import demo, ops, realtime, rest, sse, web
+from pylight import announce, apidocs, demo, favicon, ops, realtime, rest, sse, web
 from pylight.auth import Auth
 from pylight.backend import Backend, choose_backend
 from pylight.capture import Capture
@@ -31,6 +31,7 @@ from pylight.errors import StartupError
 from pylight.handlers import HttpContext, NotFoundHandler
 from pylight.http_limits import JsonRefusalsHTTPServer
 from pylight.hub import Hub
+from pylight.plugin_routes import with_json_errors
 from pylight.publisher import Bus, BusRelay, CaptureWakeUp, LocalDelivery, Publisher
 from pylight.redaction import redact_logs
 from pylight.rows import Rows
@@ -73,6 +74,10 @@ class Pylight:
         self.server: HTTPServer | None = None
         self.bus: Bus | None = None
         self.capture: Capture | None = None
+        # Plugins' per-server objects, by plugin name (what a plugin built from its
+        # [plugin:NAME] section in pylight_startup): one process may run several
+        # servers, so a module global would mix them up.
+        self.state: dict[str, Any] = {}
         self._stopped = False
 
     @property
@@ -98,6 +103,7 @@ class Pylight:
                                            *(view.name for view in raw.get_views())})
             if settings.seed_demo and self.demo_settings:
                 self.config = demo.with_demo_settings(self.config, raw, self.database_tables)
+            announce.check_selection(self.config, self.database_names())
             self.tables = reflect(raw, self.backend, self.config)
         self._build_change_path()
         self.rows = Rows(self.db, self.writes, self.backend,
@@ -136,9 +142,13 @@ class Pylight:
         config = self.config
         handlers: list[Any] = []
         for extra in self.pm.hook.pylight_routes(app=self):
-            handlers.extend(extra or [])
+            handlers.extend(with_json_errors(extra or [], config.api.cors_origins))
         handlers.extend(ops.routes(self.http, self.metrics))  # before the API: an empty
         # prefix would catch them
+        handlers.extend(favicon.routes(self.http))
+        # Before the table routes: `<prefix>/docs` is the docs page unless a table is
+        # named `docs` (then the table keeps it; see apidocs.page_url).
+        handlers.extend(apidocs.routes(config.api.prefix, self.tables))
         handlers.extend(rest.routes(self.http, rest.RestContext(
             self.tables, self.rows, self.auth, self.catalog, config.api)))
         if config.realtime.enabled:
@@ -147,7 +157,9 @@ class Pylight:
             handlers.extend(realtime.routes(config.realtime.prefix, feeds))
             if config.realtime.sse:
                 handlers.extend(sse.routes(feeds))
-            handlers.extend(web.routes())
+        handlers.extend(web.routes(
+            config.api.prefix, config.realtime.prefix if config.realtime.enabled else None,
+            apidocs.page_url(config.api.prefix, self.tables)))
         return tornado.web.Application(
             handlers,
             default_handler_class=NotFoundHandler,
@@ -159,7 +171,7 @@ class Pylight:
         )
 
     def format_notification(self, change: Change, seq: int) -> dict[str, Any]:
-        return self.pm.hook.pylight_format_notification(change=change, seq=seq)
+        return self.pm.hook.pylight_format_notification(change=change, seq=seq, app=self)
 
     # -- serving ---------------------------------------------------------------------------
     async def start(self, sockets: list[Any] | None = None) -> None:

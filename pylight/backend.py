@@ -136,6 +136,26 @@ class Backend:
             + self.current_schema_sql() + " AND table_name = %s", (table,)).fetchall()
         return declared_from_rows(rows)
 
+    def unique_keys(self, db: peewee.Database, table: str) -> list[tuple[str, ...]]:
+        """The column sets of ``table``'s unique constraints and unique indexes that
+        can decide an upsert's conflict (``on_conflict``): whole columns only, no
+        expression, no prefix, no partial index. The primary key may be among them."""
+        rows = db.execute_sql(
+            "SELECT index_name, column_name, sub_part FROM information_schema.statistics "
+            "WHERE table_schema = " + self.current_schema_sql() + " AND table_name = %s "
+            "AND non_unique = 0 ORDER BY index_name, seq_in_index", (table,)).fetchall()
+        grouped: dict[str, list[str | None]] = {}
+        for index, column, prefix in rows:
+            grouped.setdefault(index, []).append(None if prefix is not None else column)
+        return [tuple(columns) for columns in grouped.values() if None not in columns]
+
+    def row_identity(self, columns: list[str]) -> tuple[str, ...]:
+        """The system columns that tell apart the rows of a table without a primary key
+        whose columns are ``columns`` (PostgreSQL's tableoid and ctid, SQLite's rowid);
+        empty where there are none (MySQL/MariaDB): such a table is not updated by filter,
+        as the rows an update left could not be told apart."""
+        return ()
+
     #: An integer column's values are 64-bit whatever its declared type (SQLite).
     integers_are_64_bit = False
     #: An array column may hold arrays of more dimensions than declared (PostgreSQL).
@@ -162,11 +182,22 @@ class Backend:
             (table,))
         return group_foreign_keys(cursor.fetchall())
 
+    def estimated_row_counts(self, db: peewee.Database) -> dict[str, int]:
+        """``{table: rows}`` as the database's statistics estimate them, without
+        counting (tables it has no estimate for are left out; none by default)."""
+        return {}
+
     # -- query pieces ---------------------------------------------------------
     def exact_text(self, node: Any) -> Any:
         """``node`` (text) compared byte by byte; the default collations of SQLite and
         PostgreSQL already tell 'a' from 'A'."""
         return node
+
+    def insert_if_absent(self, insert: peewee.Insert, target: list[peewee.Field]) -> peewee.Insert:
+        """``insert`` made to insert nothing (and raise nothing) where a row with the same
+        ``target`` values exists: ``ON CONFLICT (target) DO NOTHING``. Whether it
+        inserted is told by its row count (or the row it returns)."""
+        return insert.on_conflict(action="NOTHING", conflict_target=target)
 
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         """``field LIKE pattern``; ``pattern`` uses SQL ``%``/``_`` escaped with a backslash."""

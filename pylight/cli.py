@@ -1,10 +1,15 @@
-"""Command line: `python -m pylight --conf FILE`; start-up errors become one line and exit 1."""
+"""Command line: `pylight DATABASE` or `pylight --conf FILE`; start-up errors become one line.
+
+A start-up error exits with status 1; a command line that names nothing usable
+(no such SQLite file, two databases) with status 2, as argparse's own errors do.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -14,17 +19,28 @@ from pylight.errors import StartupError
 
 log = logging.getLogger("pylight")
 
+COMMANDS = ("serve", "install-triggers", "remove-triggers")
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+class UsageError(Exception):
+    """The command line names nothing Pylight can use; one line and exit status 2."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pylight",
-        description="Serve a live REST and WebSocket API for an existing database.",
+        prog="pylight",
+        usage="pylight [serve | install-triggers | remove-triggers] [DATABASE] [options]",
+        description="Serve a live REST and WebSocket API for an existing database: "
+                    "pylight shop.db, pylight postgresql://localhost/shop, "
+                    "pylight mysql://root@127.0.0.1/shop.",
     )
-    parser.add_argument("command", nargs="?", default="serve",
-                        choices=["serve", "install-triggers", "remove-triggers"],
-                        help="serve (the default); install-triggers / remove-triggers: add or "
-                             "drop the change-capture triggers and change log "
-                             "([realtime] capture = database), then exit")
+    parser.add_argument("words", nargs="*", metavar="COMMAND DATABASE",
+                        help="COMMAND: serve (the default); install-triggers / remove-triggers: "
+                             "add or drop the change-capture triggers and change log "
+                             "([realtime] capture = database), then exit. DATABASE: a database "
+                             "URL or an existing SQLite file, served with the default settings "
+                             "(overrides [database] url of --conf)")
     parser.add_argument("--conf", metavar="FILE", help="the ini file (e.g. etc/pylight.ini)")
     parser.add_argument("--host", help="address to listen on (overrides [server] host)")
     parser.add_argument("--port", help="port to listen on (overrides [server] port)")
@@ -37,12 +53,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def command_and_database(words: list[str]) -> tuple[str, str | None]:
+    """The command (``serve`` unless named) and the DATABASE argument, if any."""
+    command = "serve"
+    if words and words[0] in COMMANDS:
+        command, words = words[0], words[1:]
+    if len(words) > 1:
+        if len(words) == 2 and words[0].replace("-", "").isalpha():  # e.g. "serv shop.db"
+            raise UsageError(f"unknown command {words[0]!r} (commands: {', '.join(COMMANDS)})")
+        raise UsageError(f"one database at a time, got {len(words)}: {' '.join(words)}")
+    return command, words[0] if words else None
+
+
+def database_url(database: str) -> str:
+    """The URL of the DATABASE argument: a URL as it is, a file as ``sqlite:////its/path``.
+
+    A file must exist and be a SQLite database: a mistyped name would otherwise
+    become a new, empty database, and a configuration file given without
+    ``--conf`` would be overwritten as one.
+    """
+    if "://" in database:
+        return database
+    if not os.path.exists(database):
+        raise UsageError(
+            f"{database}: no such file; give an existing SQLite database file, or a URL "
+            "(postgresql://host/db, mysql://user@host/db, sqlite:///new.db to create one)")
+    if os.path.isdir(database):
+        raise UsageError(f"{database} is a directory; give a SQLite database file or a URL")
+    try:
+        with open(database, "rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise UsageError(f"{database} cannot be read: {exc.strerror or exc}") from None
+    if head and head != SQLITE_HEADER:  # an empty file is an empty SQLite database
+        hint = f"; to start from a configuration file, pass --conf {database}" if (
+            database.endswith((".ini", ".conf", ".cfg"))) else ""
+        raise UsageError(f"{database} is not a SQLite database file{hint}")
+    return "sqlite:///" + os.path.abspath(database)
+
+
+def config_from_args(args: argparse.Namespace, database: str | None = None) -> Config:
+    """The configuration: the file (if any), the environment, then the command line."""
     overrides = {}
     if args.host is not None:
         overrides[("server", "host")] = args.host
     if args.port is not None:
         overrides[("server", "port")] = args.port
+    if database is not None and args.database_url is not None:
+        raise UsageError("give the database either as an argument or with --database-url, "
+                         "not both")
+    if database is not None:
+        overrides[("database", "url")] = database_url(database)
     if args.database_url is not None:
         overrides[("database", "url")] = args.database_url
     return load_config(args.conf, overrides)
@@ -113,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         print(reference())
         return 0
     try:
-        config = config_from_args(args)
-        if args.command != "serve":
-            manage_triggers(config, args.command)
+        command, database = command_and_database(args.words)
+        config = config_from_args(args, database)
+        if command != "serve":
+            manage_triggers(config, command)
             return 0
         asyncio.run(serve(config))
+    except UsageError as exc:
+        print(f"pylight: error: {exc}", file=sys.stderr)
+        return 2
     except StartupError as exc:
         print(f"pylight: error: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -333,15 +334,43 @@ def _layer_environment(raw: _BySection, origins: _BySection,
                        environ: Mapping[str, str]) -> None:
     """`PYLIGHT_<SECTION>_<KEY>` variables over the file's values.
 
-    Only names of real settings are looked up: the environment holds much that is
-    not ours, so a stray variable is no error (unlike a stray key in the file).
+    A ``PYLIGHT_`` variable that names no setting is refused, as an unknown key in
+    the file is: it is nearly always a typo (``PYLIGHT_DATABASE_ULR``), and
+    ignoring it would silently serve something else than the operator asked for.
     """
+    known = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
-            env_name = f"PYLIGHT_{section.upper()}_{f.name.upper()}"
-            if env_name in environ:
-                raw.setdefault(section, {})[f.name] = environ[env_name]
-                origins.setdefault(section, {})[f.name] = f"environment variable {env_name}"
+            known[f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"] = (section, f.name)
+    for env_name in environ:
+        if env_name.startswith(ENV_PREFIX) and env_name not in known and not env_name.startswith(
+                NOT_SETTINGS):
+            raise StartupError(_unknown_variable(env_name, list(known)))
+    for env_name, (section, key) in known.items():
+        if env_name in environ:
+            raw.setdefault(section, {})[key] = environ[env_name]
+            origins.setdefault(section, {})[key] = f"environment variable {env_name}"
+
+
+ENV_PREFIX = "PYLIGHT_"
+# Variables Pylight's own test suite reads (see the README on running the tests):
+# not settings, and not mistakes when exported in a developer's shell.
+NOT_SETTINGS = ("PYLIGHT_REQUIRE_SERVICES", "PYLIGHT_TEST_", "PYLIGHT_PROPERTY_SCALE",
+                "PYLIGHT_FUZZ_")
+
+
+def _unknown_variable(env_name: str, known: list[str]) -> str:
+    # A key without its section (PYLIGHT_PORT) is the setting of that name; otherwise
+    # the nearest name, compared without the prefix that makes every name look alike.
+    given = env_name[len(ENV_PREFIX):]
+    names = [name[len(ENV_PREFIX):] for name in known]
+    closest = [name for name in names if name.endswith("_" + given)][:1] or (
+        difflib.get_close_matches(given, names, n=1, cutoff=0.6))
+    hint = f"did you mean PYLIGHT_{closest[0]}? " if closest else ""
+    if env_name.startswith("PYLIGHT_PLUGIN_"):
+        hint += "[plugin:NAME] sections are read from the file only; "
+    return (f"environment variable {env_name} names no Pylight setting; {hint}settings are "
+            "PYLIGHT_<SECTION>_<KEY>, listed by --help-config (unset or rename it)")
 
 
 def _layer_overrides(raw: _BySection, origins: _BySection,

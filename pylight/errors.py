@@ -80,6 +80,11 @@ def unprocessable(message: str, **details: Any) -> ApiError:
     return ApiError(422, "unprocessable", message, details)
 
 
+def precondition_failed(message: str, **details: Any) -> ApiError:
+    """A conditional request (If-Match, If-None-Match) whose condition does not hold."""
+    return ApiError(412, "precondition_failed", message, details)
+
+
 def payload_too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the body is larger than the limit of {limit} bytes",
                     {"limit": limit})

@@ -18,6 +18,7 @@ from pylight.errors import (
     payload_too_large,
     unsupported_media_type,
 )
+from pylight.origins import loopback_alias
 from pylight.redaction import redact
 
 log = logging.getLogger("pylight")
@@ -43,6 +44,21 @@ def origin_allowed(origin: str, allowed: list[str]) -> bool:
         return True
     wanted = origin.strip().lower()
     return any(entry.strip().rstrip("/").lower() == wanted for entry in allowed)
+
+
+def parse_json_body(raw: bytes, content_type: str) -> Any:
+    """A request body as JSON: 415 unless it is sent as JSON, 400 when it is not valid."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise unsupported_media_type(content_type)
+    if not raw.strip():
+        raise bad_request("the body is empty; send a JSON object")
+    try:
+        return values.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise bad_request("the body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
 
 
 class JsonErrors:
@@ -76,8 +92,10 @@ class JsonErrors:
         elif status_code >= 500:
             error = internal_error()
         else:
-            message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else (
-                self._reason)
+            message = self._reason
+            if isinstance(exc, HTTPError) and exc.log_message:
+                # HTTPError(403, "not for %s", name) keeps its arguments apart, as logging does.
+                message = exc.log_message % exc.args if exc.args else exc.log_message
             error = from_status(status_code, str(message))
             if status_code == 405:
                 error.details = {"method": self.request.method}
@@ -101,21 +119,29 @@ class JsonErrors:
     def _allowed_origin(self) -> str | None:
         origins = self.cors_origins
         origin = self.request.headers.get("Origin")
-        if not origins or not origin:
+        if not origin:
             return None
         if "*" in origins:
             return "*"
-        return origin if origin_allowed(origin, origins) else None
+        if origin_allowed(origin, origins):
+            return origin
+        # This server's own page under another loopback name (localhost vs 127.0.0.1).
+        request = self.request
+        return origin if loopback_alias(origin, request.host, request.protocol) else None
 
     def _cors(self) -> None:
         origins = self.cors_origins
-        if origins and "*" not in origins:
-            # The answer depends on Origin, allowed or not: caches must keep them apart.
+        if "*" not in origins:
+            # The answer depends on Origin, allowed or not (a list, or this server's
+            # loopback names): caches must keep them apart.
             self.set_header("Vary", "Origin")
         allowed = self._allowed_origin()
         if allowed:
             self.set_header("Access-Control-Allow-Origin", allowed)
-            self.set_header("Access-Control-Expose-Headers", "Location, Retry-After")
+            # ETag (conditional writes), Link (CSV's next page) and the counts and
+            # preferences of writes by filter and upserts are read by clients too.
+            self.set_header("Access-Control-Expose-Headers", "Location, Retry-After, ETag, Link, "
+                                                             "Pylight-Affected, Preference-Applied")
 
 
 @stream_request_body
@@ -165,19 +191,7 @@ class BaseHandler(JsonErrors, RequestHandler):
         self._chunks.append(chunk)
 
     def json_body(self) -> Any:
-        raw = b"".join(self._chunks)
-        content_type = self.request.headers.get("Content-Type", "")
-        media = content_type.split(";", 1)[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise unsupported_media_type(content_type)
-        if not raw.strip():
-            raise bad_request("the body is empty; send a JSON object")
-        try:
-            return values.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise bad_request("the body is not valid UTF-8") from None
-        except (ValueError, RecursionError) as exc:
-            raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
+        return parse_json_body(b"".join(self._chunks), self.request.headers.get("Content-Type", ""))
 
     def compute_etag(self) -> None:
         return None  # hashing every response body costs more than clients gain from it

@@ -106,7 +106,7 @@ def pylight_change_bus(app: Pylight) -> Bus | None:
 
 
 @hookspec(firstresult=True)
-def pylight_format_notification(change: Change, seq: int) -> dict[str, Any] | None:
+def pylight_format_notification(change: Change, seq: int, app: Pylight) -> dict[str, Any] | None:
     """Shape the WebSocket message for one committed change.
 
     Called once per change (not once per subscriber) on the event loop, right
@@ -120,6 +120,12 @@ def pylight_format_notification(change: Change, seq: int) -> dict[str, Any] | No
     the hook is called once more for that change with ``record`` and ``old``
     None and ``pk`` the row's key as it was, and ``"matches": false`` is added
     to what it returns (see :mod:`pylight.messages`).
+
+    ``app`` is the server the change belongs to: a formatter with settings
+    reads its ``[plugin:NAME]`` section with ``app.config.plugin_section(NAME)``
+    (best once, in ``pylight_startup``, keeping what it built in
+    ``app.state[NAME]``), so two servers in one process each format with their
+    own. An implementation may leave ``app`` out: ``(change, seq)`` still works.
 
     The bundled ``pylight_formatter`` plugin (``trylast``) produces the
     contract's default shape; an implementation registered by another plugin
@@ -160,7 +166,10 @@ def pylight_authorize(identity: Identity | None, action: str, table: str,
     is what ``pylight_authenticate`` gave (None: anonymous). Called before a
     REST request touches the database with ``record`` None (may the caller do
     this on the table at all?), then for a create with each body's values,
-    and for a read of one row, an update or a delete with the stored row;
+    and for a read of one row, an update or a delete with the stored row (a
+    write by filter or an upsert asks about each stored row it would change,
+    before it, and changes nothing if one is refused; an upsert that may
+    update asks ``update`` of the table as well as ``create``);
     and for every change notification before it reaches each subscriber
     (action ``read``, ``record`` the changed row), so two subscribers of one
     table may receive different changes.

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pylight import __version__
+from pylight.embed import embeddable
 from pylight.schema import ColumnInfo, TableInfo
 from pylight.types import DeclaredColumn
 from pylight.values import INT64_MAX, INT64_MIN
@@ -346,9 +348,15 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _error(text[s], retry=s == 503) for s in (*statuses, 503)}
 
 
-def _list_params(table: TableInfo) -> list[dict[str, Any]]:
+def _list_params(table: TableInfo, related: Sequence[str] = ()) -> list[dict[str, Any]]:
     names = "|".join(re.escape(n) for n in table.columns) or "(?!)"
     order_item = rf"({names})(\.(asc|desc))?(\.(nullsfirst|nullslast))?"
+    selected = names
+    if related:
+        # `alias:table!fk_column(select)` for each table it can embed (API.md 7.1); inside
+        # the parentheses is a select of that table, nested or not.
+        tables = "|".join(re.escape(n) for n in related)
+        selected += rf"|([^,:()!.]+:)?({tables})(![^,:()!]+)*\([\s\S]*\)"
     return [
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                      "maximum": 999999999999}},
@@ -357,12 +365,17 @@ def _list_params(table: TableInfo) -> list[dict[str, Any]]:
         {"name": "order", "in": "query",
          "schema": {"type": "string", "pattern": f"^{order_item}(,{order_item})*$"}},
         {"name": "select", "in": "query",
-         "schema": {"type": "string", "pattern": rf"^(\*|{names})(,(\*|{names}))*$"}},
+         "schema": {"type": "string", "pattern": rf"^(\*|{selected})(,(\*|{selected}))*$"},
+         "description": "columns (* for all) and related rows through foreign keys: "
+                        "table(columns), alias:table(columns), table!fk_column(columns); "
+                        "an embed's order, limit, offset and filters by its prefix "
+                        "(orders.limit=5)"},
         {"name": "after", "in": "query", "schema": {"type": "string"},
          "description": "cursor from a next link; must match the request's order"},
         {"name": "count", "in": "query", "schema": {"type": "boolean"}},
         {"name": "or", "in": "query", "schema": {"type": "string"},
          "description": "(col.op.value,...) in PostgREST's grammar"},
+        *_CSV_PARAMS,
     ]
 
 
@@ -406,7 +419,7 @@ def build(tables: dict[str, TableInfo], prefix: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {"Error": _error_schema()}
     for name, table in tables.items():
-        _add_table(name, table, prefix, paths, schemas)
+        _add_table(name, table, prefix, paths, schemas, embeddable(tables, table))
     document = {
         "openapi": "3.0.3",
         "info": {"title": "Pylight API", "version": __version__},
@@ -435,20 +448,25 @@ def _add_shared(schemas: dict[str, Any]) -> None:
 
 
 def _add_table(name: str, table: TableInfo, prefix: str, paths: dict[str, Any],
-               schemas: dict[str, Any]) -> None:
+               schemas: dict[str, Any], related: Sequence[str] = ()) -> None:
     """Add the schemas and paths of one table: its collection, and its rows by key."""
     response_props = {c: _nullable(_response_schema(col, table.arrays_nest), col)
                       for c, col in table.columns.items()}
     # A record as returned: every visible column, nothing else.
     schemas[name] = {"type": "object", "properties": response_props,
                      "required": list(table.columns), "additionalProperties": False}
-    # A list item: `select` may leave columns out.
+    # A list item: `select` may leave columns out, and add related rows: an object or
+    # null (many-to-one), an array (one-to-many).
     schemas[f"{name}_item"] = {"type": "object", "properties": response_props,
-                               "additionalProperties": False}
-    collection: dict[str, Any] = {"get": _list_operation(name, table)}
+                               "additionalProperties": {"oneOf": [
+                                   {"type": "object", "nullable": True},
+                                   {"type": "array", "items": {"type": "object"}}]}
+                               if related else False}
+    collection: dict[str, Any] = {"get": _list_operation(name, table, related)}
     if table.writable:
         schemas.update(_write_schemas(name, table))
         collection["post"] = _create_operation(name, table)
+        collection.update(_by_filter_operations(name, table, schemas[f"{name}_update"]))
     paths[f"{prefix}/{name}"] = collection
     if table.has_key:
         paths[f"{prefix}/{name}/{{pk}}"] = _item_path(name, table)
@@ -487,15 +505,15 @@ def _filter_params(table: TableInfo) -> list[dict[str, Any]]:
              "description": "filter: value or op.value"}
             for c, col in table.columns.items() if c not in ("limit", "offset", "order",
                                                               "select", "after", "count",
-                                                              "or", "and")]
+                                                              "or", "and", "format", "all")]
 
 
-def _list_operation(name: str, table: TableInfo) -> dict[str, Any]:
+def _list_operation(name: str, table: TableInfo, related: Sequence[str] = ()) -> dict[str, Any]:
     """GET on the collection: a page of rows, filtered, ordered and selected."""
     return {
         "summary": f"List rows of {name}",
         "operationId": f"list_{name}",
-        "parameters": _list_params(table) + _filter_params(table),
+        "parameters": _list_params(table, related) + _filter_params(table),
         "responses": {"200": {"description": "a page of rows", "content": {
             "application/json": {"schema": {
                 "type": "object", "required": ["items", "next"], "additionalProperties": False,
@@ -503,7 +521,8 @@ def _list_operation(name: str, table: TableInfo) -> dict[str, Any]:
                     "items": {"type": "array", "items": {
                         "$ref": f"#/components/schemas/{name}_item"}},
                     "next": {"type": "string", "nullable": True},
-                    "total": {"type": "integer", "minimum": 0}}}}}},
+                    "total": {"type": "integer", "minimum": 0}}}},
+            "text/csv": _CSV_PAGE}, "headers": _LIST_HEADERS},
             **_errors(400)}}
 
 
@@ -532,14 +551,72 @@ def _create_operation(name: str, table: TableInfo) -> dict[str, Any]:
                                            "description": "the new row's URL"}}
     if len(table.primary_key) == 1:
         created["links"] = _key_links(name, table, ("get", "put", "patch", "delete"))
+    parameters = [_prefer_header(upsert=table.has_key)]
+    if table.unique_keys:
+        parameters.append({
+            "name": "on_conflict", "in": "query", "required": False,
+            "schema": {"type": "string", "enum": [",".join(key) for key in table.unique_keys]},
+            "description": "with Prefer: resolution=...: the unique columns that tell an "
+                           "existing row (default: the primary key)"})
     return {
         "summary": f"Create a row (an object) or rows (an array, one transaction) "
-                   f"in {name}",
+                   f"in {name}; an upsert with Prefer: resolution=...",
         "operationId": f"create_{name}",
+        "parameters": parameters,
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "oneOf": [create_ref, {"type": "array", "minItems": 1,
                                    "items": create_ref}]}}}},
-        "responses": {"201": created, **_errors(400, 409, 413, 415, 422)}}
+        "responses": {"201": created,
+                      "204": {"description": "Prefer: return=minimal, or one object that "
+                                             "resolution=ignore-duplicates skipped: no body"},
+                      **_errors(400, 409, 413, 415, 422)}}
+
+
+def _prefer_header(upsert: bool = False) -> dict[str, Any]:
+    """The Prefer request header (RFC 7240): unknown preferences are ignored."""
+    examples = {"minimal": {"value": "return=minimal"}}
+    description = "return=minimal: answer 204 without a body"
+    if upsert:
+        examples.update({"merge": {"value": "resolution=merge-duplicates"},
+                         "ignore": {"value": "resolution=ignore-duplicates, return=minimal"}})
+        description += ("; resolution=merge-duplicates: insert, or update the row whose key "
+                        "(or on_conflict columns) exists; resolution=ignore-duplicates: "
+                        "leave existing rows as they are")
+    return {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": description, "examples": examples}
+
+
+def _by_filter_operations(name: str, table: TableInfo,
+                          update: dict[str, Any]) -> dict[str, Any]:
+    """PATCH and DELETE on the collection: every row the filters match (at least one
+    filter, else a 400), one transaction, `Pylight-Affected` rows."""
+    ref = {"$ref": f"#/components/schemas/{name}"}
+    affected = {"Pylight-Affected": {"required": True, "description": "rows changed",
+                                     "schema": {"type": "integer", "minimum": 0}}}
+    parameters = ([_prefer_header()] + [p for p in _list_params(table) if p["name"] == "or"]
+                  + _filter_params(table))
+
+    def answer(what: str) -> dict[str, Any]:
+        return {"200": {"description": what, "headers": affected, "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["items"], "additionalProperties": False,
+                        "properties": {"items": {"type": "array", "items": ref}}}}}},
+                "204": {"description": "Prefer: return=minimal: no body", "headers": affected}}
+
+    operations = {"delete": {
+        "summary": f"Delete every row of {name} the filters match",
+        "operationId": f"filter_delete_{name}", "parameters": parameters,
+        "responses": {**answer("the rows deleted, as they were"), **_errors(400, 409)}}}
+    if update["properties"] and (table.has_key or table.row_identity):
+        operations["patch"] = {
+            "summary": f"Update the given columns of every row of {name} the filters match",
+            "operationId": f"filter_update_{name}", "parameters": parameters,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "allOf": [{"$ref": f"#/components/schemas/{name}_update"}],
+                "minProperties": 1}}}},
+            "responses": {**answer("the rows updated, as they are now"),
+                          **_errors(400, 409, 413, 415, 422)}}
+    return operations
 
 
 def _item_path(name: str, table: TableInfo) -> dict[str, Any]:
@@ -556,6 +633,9 @@ def _item_path(name: str, table: TableInfo) -> dict[str, Any]:
         for method in ("put", "patch"):
             item[method] = _update_operation(name, table, method, json_record)
         item["delete"] = _delete_operation(name)
+    for operation in item.values():
+        if isinstance(operation, dict):
+            _add_conditions(operation)
     return item
 
 
@@ -568,9 +648,11 @@ def _update_operation(name: str, table: TableInfo, method: str,
     return {
         "summary": f"Update the given columns of one row of {name}",
         "operationId": f"{method}_{name}",
+        "parameters": [_prefer_header()],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{name}_update"}}}},
-        "responses": {"200": updated, **_errors(400, 404, 409, 413, 415, 422)}}
+        "responses": {"200": updated, "204": {"description": "Prefer: return=minimal: no body"},
+                      **_errors(400, 404, 409, 413, 415, 422)}}
 
 
 def _delete_operation(name: str) -> dict[str, Any]:
@@ -583,3 +665,53 @@ def _delete_operation(name: str) -> dict[str, Any]:
                 f"get_{name}": {"operationId": f"get_{name}",
                                 "parameters": again}}},
                           **_errors(400, 404, 409)}}
+
+
+# -- CSV lists and conditional requests (API.md sections 7.2, 7.3) ---------------------------
+
+_CSV_PARAMS: list[dict[str, Any]] = [
+    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]},
+     "description": "csv: the page as CSV, as with Accept: text/csv (a column named format "
+                    "is filtered as format=eq.value)"},
+    {"name": "all", "in": "query", "schema": {"type": "boolean"},
+     "description": "with CSV only: every matching row in one streamed answer (without "
+                    "limit or offset; after= resumes from a cursor)"},
+]
+_CSV_PAGE: dict[str, Any] = {
+    "schema": {"type": "string"},
+    "example": 'id,name,price,note\r\n1,Widget,9.99,""\r\n2,"Gadget, large",24.50,\r\n'}
+_LIST_HEADERS: dict[str, Any] = {
+    "Link": {"schema": {"type": "string"},
+             "description": 'CSV: the next page, as <url>; rel="next" (JSON has "next")'},
+    "Pylight-Total": {"schema": {"type": "integer", "minimum": 0},
+                      "description": "CSV with count=true: the number of matching rows"},
+}
+_ETAG = {"schema": {"type": "string"},
+         "description": "the row's strong entity tag, for If-Match and If-None-Match "
+                        "(not sent with select, whose answer is not the whole row)"}
+_CONDITION_PARAMS: list[dict[str, Any]] = [
+    {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": 'the row only if its ETag is one of these ("tag", "tag2", or *); '
+                    "else 412, nothing written"},
+    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "GET: 304 while the row's ETag is one of these (or *); a write: 412"},
+]
+
+
+def _add_conditions(operation: dict[str, Any]) -> None:
+    """An operation on one row takes If-Match and If-None-Match; its row comes with an
+    ETag; a condition that does not hold is a 412 (a read: a 304 for If-None-Match)."""
+    operation["parameters"] = [*operation.get("parameters", ()), *_CONDITION_PARAMS]
+    responses = operation["responses"]
+    # The row as it is after a read or an update (a 204 of Prefer: return=minimal too).
+    tagged = ("200",) if operation["operationId"].startswith("delete_") else ("200", "204")
+    for status in tagged:
+        if status in responses:
+            responses[status] = {**responses[status],
+                                 "headers": {**responses[status].get("headers", {}),
+                                             "ETag": _ETAG}}
+    if operation["operationId"].startswith("get_"):
+        responses["304"] = {"description": "not modified: If-None-Match holds the row's ETag",
+                            "headers": {"ETag": _ETAG}}
+    responses["412"] = _error("If-Match (or If-None-Match) does not hold for the row as it "
+                              "is now; nothing was written")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 from collections.abc import Iterable
 
 import pluggy
@@ -26,6 +28,8 @@ def make_plugin_manager(load: Iterable[str] = (), entry_points: bool = True) -> 
     if entry_points:
         try:
             pm.load_setuptools_entrypoints(PROJECT)
+        except pluggy.PluginValidationError as exc:
+            raise StartupError(f"an installed pylight plugin is invalid: {invalid(pm, exc)}") from None
         except Exception as exc:  # a broken installed plugin must not be a traceback
             raise StartupError(f"an installed pylight plugin failed to load: {exc}") from None
     for name in load:
@@ -51,19 +55,38 @@ def make_plugin_manager(load: Iterable[str] = (), entry_points: bool = True) -> 
             pm.register(module, name=name)
         except pluggy.PluginValidationError as exc:
             # e.g. a hook implementation taking an argument its spec does not have
-            raise StartupError(f"[plugins] load: plugin module {name!r} is invalid: {exc}") from None
+            raise StartupError(f"[plugins] load: plugin module {name!r} is invalid: "
+                               f"{invalid(pm, exc)}") from None
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        # Name the plugin and the hooks, not the module's repr twice.
-        plugin = pm.get_name(exc.plugin) or repr(exc.plugin)
-        unknown = sorted(
-            hook.name for hook in pm.get_hookcallers(exc.plugin) or []
-            if not hook.has_spec()
-        )
-        raise StartupError(
-            f"plugin {plugin} implements unknown hook(s) {', '.join(unknown) or '?'} "
-            "(misspelled? the known hooks are listed in pylight/hookspecs.py)"
-        ) from None
+        raise StartupError(invalid(pm, exc)) from None
     return pm
 
+
+def invalid(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
+    """pluggy's refusal of a plugin as one line: the plugin, the hook and what to change.
+
+    pluggy's own messages span several lines and name the module by its repr.
+    """
+    plugin = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", None) or repr(exc.plugin)
+    unknown = sorted(hook.name for hook in pm.get_hookcallers(exc.plugin) or []
+                     if not hook.has_spec())
+    if unknown:  # check_pending(): a misspelt hook name
+        known = [name for name in dir(hookspecs) if name.startswith("pylight_")]
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        return (f"plugin {plugin} implements unknown hook(s) {', '.join(hints)}; the known "
+                "hooks are listed in pylight/hookspecs.py")
+    text = str(exc)
+    hook = re.search(r"for hook '(\w+)'", text)
+    extra = re.search(r"Argument\(s\) \{(.*)\} are declared", text)
+    if hook and extra and hasattr(pm.hook, hook.group(1)):
+        spec = getattr(pm.hook, hook.group(1)).spec
+        takes = ", ".join(spec.argnames) if spec else ""
+        return (f"plugin {plugin}: its {hook.group(1)} takes {extra.group(1)}, which the hook "
+                f"does not pass (it passes: {takes or 'nothing'}; an implementation may take "
+                "any of them, in any order)")
+    return f"plugin {plugin}: " + "; ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -59,6 +59,27 @@ class OrderBy:
 
 
 @dataclass
+class EmbedSpec:
+    """``alias:table!hint(select)`` in a select: related rows to embed, as written.
+
+    :mod:`pylight.embed` finds the table and the foreign key; ``arguments`` are the
+    request's parameters given by the embed's prefix (``orders.limit=5`` as
+    ``{"limit": [...]}``), nested embeds' ones still prefixed.
+    """
+
+    table: str
+    alias: str | None
+    hints: tuple[str, ...]
+    select: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The embed's key in each record, and the prefix of its parameters."""
+        return self.alias or self.table
+
+
+@dataclass
 class ListQuery:
     where: Group
     order: list[OrderBy]
@@ -67,6 +88,8 @@ class ListQuery:
     select: list[str] = field(default_factory=list)
     after: list[Any] | None = None
     count: bool = False
+    #: Related rows named in ``select`` (see pylight.embed).
+    embeds: list[EmbedSpec] = field(default_factory=list)
 
 
 # -- parsing ------------------------------------------------------------------
@@ -321,6 +344,10 @@ def _int_param(arguments: Mapping[str, Any], name: str) -> int | None:
 def parse_list_query(table: TableInfo, arguments: Mapping[str, Any], default_limit: int,
                      max_limit: int, ignore: Iterable[str] = ()) -> ListQuery:
     """A list request's parameters, validated against ``table``."""
+    select, embeds = parse_select(table, arguments)
+    if embeds:  # the embeds' own parameters (orders.limit=5) are theirs
+        arguments = {name: raw for name, raw in arguments.items()
+                     if _embed_of(table, name, embeds) is None}
     where = parse_filters(table, arguments, ignore)
     _, arguments = split_arguments(table, arguments, LIST_PARAMS)
     limit = _int_param(arguments, "limit")
@@ -332,31 +359,100 @@ def parse_list_query(table: TableInfo, arguments: Mapping[str, Any], default_lim
         for text in _all(arguments["order"], "order"):
             for item in text.split(","):
                 order.append(_order_item(table, item.strip()))
-    select: list[str] = []
-    if "select" in arguments:
-        for text in _all(arguments["select"], "select"):
-            for name in text.split(","):
-                name = name.strip()
-                if name == "*":
-                    select.extend(table.columns)
-                elif name:
-                    _column(table, name, "select")
-                    select.append(name)
-        select = list(dict.fromkeys(select))
-        if not select:
-            raise bad_request("select: name at least one column", parameter="select")
     count = False
     if "count" in arguments:
         truth = values.query_boolean(_first(arguments["count"], "count"))
         if truth is None:
             raise bad_request("count: expected true or false", parameter="count")
         count = truth
-    query = ListQuery(where, order, limit, offset, select, None, count)
+    query = ListQuery(where, order, limit, offset, select, None, count, embeds)
     if "after" in arguments:
         if offset:
             raise bad_request("after: use either after or offset, not both", parameter="after")
         query.after = decode_cursor(table, query, _first(arguments["after"], "after"))
     return query
+
+
+def parse_select(table: TableInfo, arguments: Mapping[str, Any]
+                 ) -> tuple[list[str], list[EmbedSpec]]:
+    """``select``: the columns it names (none: every column), and the related rows it
+    embeds (``users(name)``, ``customer:users!buyer_id(*)``, see pylight.embed)."""
+    _, params = split_arguments(table, arguments, ("select",))
+    if "select" not in params:
+        return [], []
+    columns: list[str] = []
+    embeds: list[EmbedSpec] = []
+    for text in _all(params["select"], "select"):
+        for item in _select_items(table, text):
+            if item == "*":
+                columns.extend(table.columns)
+            elif item in table.columns:
+                columns.append(item)
+            elif item.endswith(")") and "(" in item:
+                embeds.append(_embed_spec(item))
+            elif item:
+                _column(table, item, "select")
+    columns = list(dict.fromkeys(columns))
+    if not columns and not embeds:
+        raise bad_request("select: name at least one column", parameter="select")
+    seen = set(columns)
+    for embed in embeds:
+        if embed.key in seen:
+            raise bad_request(f"select: {embed.key[:64]!r} is named twice (a column or another "
+                              f"embed); give the embed an alias: other:{embed.table[:64]}(...)",
+                              parameter="select")
+        seen.add(embed.key)
+    for name, raw in arguments.items():
+        owner = _embed_of(table, name, embeds)
+        if owner is not None:
+            owner.arguments[name[len(owner.key) + 1:]] = raw
+    return columns, embeds
+
+
+def _select_items(table: TableInfo, text: str) -> list[str]:
+    """The items of one select, split on the commas outside parentheses."""
+    parts = [part.strip() for part in text.split(",")]
+    if all(part in ("*", "") or part in table.columns for part in parts):
+        return parts  # columns only (a column may be named "a(b")
+    items, current, depth = [], [], 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            break
+        if ch == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    if depth:
+        raise bad_request("select: unbalanced parentheses", parameter="select")
+    items.append("".join(current).strip())
+    return items
+
+
+def _embed_spec(item: str) -> EmbedSpec:
+    """``alias:table!hint!hint(select)`` as written; the table is found later."""
+    head, _, inner = item[:-1].partition("(")
+    alias: str | None = None
+    if ":" in head:
+        alias, _, head = (part.strip() for part in head.partition(":"))
+    name, *hints = (part.strip() for part in head.split("!"))
+    if alias is not None and (not alias or any(ch in alias for ch in "!.")):
+        raise bad_request(f"select: {item[:64]!r}: an alias is a name without '!' or '.' "
+                          "before the table, e.g. customer:users(name)", parameter="select")
+    if not name or not all(hints):
+        raise bad_request(f"select: expected table(columns), alias:table(columns) or "
+                          f"table!fk_column(columns), got {item[:64]!r}", parameter="select")
+    return EmbedSpec(name, alias, tuple(hints), inner)
+
+
+def _embed_of(table: TableInfo, name: str, embeds: list[EmbedSpec]) -> EmbedSpec | None:
+    """The embed a parameter belongs to by its prefix (``orders.limit``: ``orders``);
+    None for a column's own name, which stays a filter."""
+    if name in table.columns:
+        return None
+    owners = [embed for embed in embeds if name.startswith(embed.key + ".")]
+    return max(owners, key=lambda embed: len(embed.key)) if owners else None
 
 
 def _order_item(table: TableInfo, item: str) -> OrderBy:
@@ -643,6 +739,11 @@ class Matcher:
             return _negate(value) if node.negate else value
         value = self._condition(node, record)
         return _negate(value) if node.negate else value
+
+    def comparable(self, name: str, raw: Any) -> Any:
+        """A JSON value of column ``name`` as the database compares it (equal values,
+        equal results: keys of related rows are matched by it)."""
+        return self._python(name, raw)
 
     def _python(self, name: str, raw: Any) -> Any:
         column = self.table.columns[name]

@@ -20,6 +20,7 @@ from pylight.connections import Connections, Liveness
 from pylight.errors import ApiError, code_for
 from pylight.handlers import JsonErrors, origin_allowed
 from pylight.hub import Notice
+from pylight.origins import SHOWN, feed_refusal, loopback_alias
 from pylight.outbox import Outbox, OutboxSink
 from pylight.session import FeedContext, FeedSession
 from pylight.subscription import has_feed
@@ -102,7 +103,10 @@ class FeedSocket(JsonErrors, WebSocketHandler):
 
     def initialize(self, feeds: FeedContext) -> None:
         self.feeds = feeds
-        self.cors_origins = feeds.cors_origins
+        # A page allowed to open the socket may also read why an upgrade failed
+        # (pylight.js asks over plain HTTP to tell a refusal from a server that is down).
+        self.cors_origins = [*feeds.cors_origins, *feeds.settings.allowed_origins]
+        self.refused_origin: str | None = None
         self.client = self.request.remote_ip or ""
         self.table_name = ""
         self.outbox = Outbox(feeds.settings.max_pending, self._write, self._writable,
@@ -116,7 +120,14 @@ class FeedSocket(JsonErrors, WebSocketHandler):
         # Only called for a cross-origin Origin: Tornado itself accepts the
         # same host and clients that send no Origin (non-browser clients).
         allowed = self.feeds.settings.allowed_origins
-        return origin_allowed(origin, allowed) if allowed else super().check_origin(origin)
+        request = self.request
+        if (origin_allowed(origin, allowed) if allowed else super().check_origin(origin)) or (
+                loopback_alias(origin, request.host, request.protocol)):
+            return True
+        # The one line an operator needs: which page, and the setting that admits it.
+        self.refused_origin = origin
+        log.warning("%s", feed_refusal(origin))
+        return False
 
     def get_compression_options(self) -> dict[str, Any] | None:
         # With compression on, each message is deflated once, on its own
@@ -212,8 +223,13 @@ class FeedSocket(JsonErrors, WebSocketHandler):
         status = self.get_status()
         if self.ws_connection is None and status >= 400 and not self._refused:
             message = chunk if isinstance(chunk, str) and chunk else self._reason
+            details = None
+            if status == 403 and self.refused_origin is not None:
+                message = feed_refusal(self.refused_origin)
+                details = {"origin": self.refused_origin[:SHOWN],
+                           "setting": "[realtime] allowed_origins"}
             headers = {"Sec-WebSocket-Version": "13"} if status == 426 else None
-            self.send_api_error(ApiError(status, code_for(status), message, headers=headers))
+            self.send_api_error(ApiError(status, code_for(status), message, details, headers))
             return None
         return super().finish(chunk)
 

@@ -7,17 +7,21 @@ Reads run in the database's worker pool; writes go through the writes unit
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pylight import bulk, store
 from pylight import query as ql
-from pylight import store
 from pylight.auth import Identity
 from pylight.backend import Backend
 from pylight.db import Database
+from pylight.etag import Preconditions
 from pylight.schema import TableInfo
 from pylight.writes import Actor, Writes
 
 Row = dict[str, Any]
+#: Record-level authorisation of one row a write would change (raises 401/403).
+Authorize = Callable[[Row], Awaitable[None]]
 
 
 class Rows:
@@ -46,11 +50,59 @@ class Rows:
                                      check, actor=self._actor(identity))
 
     async def update(self, table: TableInfo, key: list[Any], row: Row,
-                     check: store.RowCheck | None, identity: Identity | None = None) -> Row:
+                     check: store.RowCheck | None, identity: Identity | None = None,
+                     expected: Preconditions | None = None) -> Row:
+        """``expected``: the request's If-Match/If-None-Match, checked under the row lock."""
         return await self.writes.run(table.name, store.update_row, table, self.backend, key,
-                                     row, check, actor=self._actor(identity))
+                                     row, check, expected, actor=self._actor(identity))
 
     async def delete(self, table: TableInfo, key: list[Any], check: store.RowCheck | None,
-                     identity: Identity | None = None) -> None:
+                     identity: Identity | None = None,
+                     expected: Preconditions | None = None) -> None:
         await self.writes.run(table.name, store.delete_row, table, self.backend, key, check,
-                              actor=self._actor(identity))
+                              expected, actor=self._actor(identity))
+
+    # -- many rows at once (pylight.bulk) -------------------------------------------
+    async def _allowed(self, rows: list[Row], authorize: Authorize | None) -> bulk.Allowed:
+        """Ask the record-level hooks about every row a write would change, before it
+        (hooks may be async; the write runs in a worker thread): the rows allowed."""
+        if authorize is None:
+            return None
+        for record in rows:
+            await authorize(record)
+        return frozenset(bulk.fingerprint(record) for record in rows)
+
+    async def update_where(self, table: TableInfo, where: ql.Group, row: Row,
+                           check: store.RowCheck | None, identity: Identity | None = None,
+                           authorize: Authorize | None = None) -> list[Row]:
+        """Set ``row`` on every row ``where`` matches; the rows as left."""
+        allowed = None
+        if authorize is not None:
+            found = await self.database.read(bulk.rows_where, table, self.backend, where)
+            allowed = await self._allowed(found, authorize)
+        return await self.writes.run(table.name, bulk.update_where, table, self.backend, where,
+                                     row, check, allowed, actor=self._actor(identity))
+
+    async def delete_where(self, table: TableInfo, where: ql.Group,
+                           identity: Identity | None = None,
+                           authorize: Authorize | None = None) -> list[Row]:
+        """Delete every row ``where`` matches; the rows as they were."""
+        allowed = None
+        if authorize is not None:
+            found = await self.database.read(bulk.rows_where, table, self.backend, where)
+            allowed = await self._allowed(found, authorize)
+        return await self.writes.run(table.name, bulk.delete_where, table, self.backend, where,
+                                     allowed, actor=self._actor(identity))
+
+    async def upsert(self, table: TableInfo, rows: list[Row], target: tuple[str, ...],
+                     merge: bool, check: store.RowCheck | None,
+                     identity: Identity | None = None,
+                     authorize: Authorize | None = None) -> list[Row]:
+        """Insert ``rows``, updating (``merge``) or skipping those whose ``target`` values
+        exist; the rows inserted or updated. ``authorize``: of the updates."""
+        allowed = None
+        if authorize is not None and merge:
+            found = await self.database.read(bulk.existing_rows, table, self.backend, rows, target)
+            allowed = await self._allowed(found, authorize)
+        return await self.writes.run(table.name, bulk.upsert_rows, table, self.backend, rows,
+                                     target, merge, check, allowed, actor=self._actor(identity))

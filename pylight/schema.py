@@ -98,6 +98,11 @@ class TableInfo:
     arrays_nest: bool = False
     #: What the catalog says beyond reflection (writable tables; None: unreadable).
     declared: dict[str, DeclaredColumn] | None = None
+    #: The column sets an upsert may name as its conflict (``on_conflict``): the key
+    #: first, then the unique constraints and indexes over visible columns.
+    unique_keys: list[tuple[str, ...]] = field(default_factory=list)
+    #: Without a key: the system columns that tell its rows apart (backend.row_identity).
+    row_identity: tuple[str, ...] = ()
     # Statements compiled once per table (see store.py), keyed by purpose.
     statements: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -276,6 +281,9 @@ def _table_info(db: peewee.Database, backend: Backend, config: Config, metadata:
     )
     if info.writable:
         info.declared = _declared(db, backend, info, reflected)
+        info.unique_keys = _unique_keys(db, backend, info)
+        if not primary_key:
+            info.row_identity = backend.row_identity(list(reflected))
     return info
 
 
@@ -289,6 +297,25 @@ def _declared(db: peewee.Database, backend: Backend, table: TableInfo,
     except Exception as exc:
         log.debug("no catalog for %s: %s", table.name, exc)
         return None
+
+
+def _unique_keys(db: peewee.Database, backend: Backend, table: TableInfo) -> list[tuple[str, ...]]:
+    """The key and the unique column sets over visible columns, each once (an upsert
+    names one of them; a hidden column is never named)."""
+    keys = [tuple(table.primary_key)] if table.primary_key else []
+    try:
+        keys += backend.unique_keys(db, table.name)
+    except Exception as exc:
+        log.debug("no unique keys for %s: %s", table.name, exc)
+    found: dict[frozenset[str], tuple[str, ...]] = {}
+    for key in keys:
+        # An upsert finds the existing row with `eq` filters: a JSON column without
+        # an equality of its own cannot be one of its columns.
+        if key and all(name in table.columns and (table.columns[name].kind != "json"
+                                                  or table.columns[name].compare is not None)
+                       for name in key):
+            found.setdefault(frozenset(key), key)
+    return list(found.values())
 
 
 def _check_hidden(source: str, name: str, hidden: frozenset[str], reflected: dict[str, Any],

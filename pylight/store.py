@@ -13,6 +13,7 @@ from pylight.auth import forbidden
 from pylight.backend import Backend
 from pylight.changes import Change
 from pylight.errors import not_found, unprocessable
+from pylight.etag import Preconditions
 from pylight.schema import TableInfo
 
 RowCheck = Callable[[dict[str, Any]], bool]
@@ -306,17 +307,22 @@ def _find_inserted(table: TableInfo, backend: Backend, data: dict[str, Any]) -> 
 
 
 def _locked_row(table: TableInfo, backend: Backend, key: list[Any],
-                check: RowCheck | None) -> dict[str, Any]:
+                check: RowCheck | None, expected: Preconditions | None = None) -> dict[str, Any]:
     old = get_row(table, key, for_update=True, backend=backend)
     if old is None or (check is not None and not check(old)):
         # A row outside the caller's row filter does not exist for them.
         raise not_found(f"no row in {table.name!r} with key {_show(key)}")
+    if expected is not None:
+        # If-Match is checked on the row as locked, so no other write can come
+        # between the check and this transaction's own (412: rolled back).
+        expected.require(old)
     return old
 
 
 def update_row(table: TableInfo, backend: Backend, key: list[Any], data: dict[str, Any],
-               check: RowCheck | None = None) -> tuple[dict[str, Any], list[Change]]:
-    old = _locked_row(table, backend, key, check)
+               check: RowCheck | None = None,
+               expected: Preconditions | None = None) -> tuple[dict[str, Any], list[Change]]:
+    old = _locked_row(table, backend, key, check, expected)
     if not data:
         return old, []
     table.model.update(_values(table, data)).where(_key_condition(table, key)).execute()
@@ -330,8 +336,9 @@ def update_row(table: TableInfo, backend: Backend, key: list[Any], data: dict[st
 
 
 def delete_row(table: TableInfo, backend: Backend, key: list[Any],
-               check: RowCheck | None = None) -> tuple[None, list[Change]]:
-    old = _locked_row(table, backend, key, check)
+               check: RowCheck | None = None,
+               expected: Preconditions | None = None) -> tuple[None, list[Change]]:
+    old = _locked_row(table, backend, key, check, expected)
     table.model.delete().where(_key_condition(table, key)).execute()
     return None, [Change(table.name, "deleted", table.key_of(old), old)]
 

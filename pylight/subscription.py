@@ -69,6 +69,10 @@ def parse_request(table: TableInfo, arguments: Mapping[str, list[Any]], api: Api
     ``since``: given apart from them (a message's field, ``Last-Event-ID``)."""
     # Parsed as a list query: the filters, and select, order and limit checked alike.
     query = ql.parse_list_query(table, arguments, api.default_limit, api.max_limit, FEED_PARAMS)
+    if query.embeds:
+        # A change carries its own row only: related rows are read over REST.
+        raise bad_request(f"select: a feed cannot embed related rows ({query.embeds[0].key}(...)); "
+                          f"read them over REST with the same select", parameter="select")
     _, params = ql.split_arguments(table, arguments, [*FEED_PARAMS, *ql.LIST_PARAMS])
     if since is None and "since" in params:
         since = params["since"][-1]

@@ -197,7 +197,7 @@ async def test_tables_without_a_key_have_no_item_routes(shapes):
 
 
 @pytest.mark.gen_test
-async def test_openapi_for_shapes(shapes):
+async def test_openapi_for_shapes(database, shapes):
     document = (await shapes.get("/api/openapi.json")).body
     validate(document)
     paths = document["paths"]
@@ -205,7 +205,10 @@ async def test_openapi_for_shapes(shapes):
                           "/api/memberships/{pk}", "/api/events", "/api/big_teams",
                           "/api/codes", "/api/codes/{pk}"}
     assert set(paths["/api/big_teams"]) == {"get"}
-    assert set(paths["/api/events"]) == {"get", "post"}
+    # A table without a key is written by filter (API.md 7.2), but MySQL, which has no
+    # row identity, cannot tell the rows an update left apart: no PATCH there.
+    by_filter = {"delete"} if database.backend == "mysql" else {"patch", "delete"}
+    assert set(paths["/api/events"]) == {"get", "post", *by_filter}
 
 
 # -- hidden columns ---------------------------------------------------------------------

@@ -38,13 +38,31 @@ SEED = int(os.environ.get("PYLIGHT_FUZZ_SEED", "20240601"))
 
 # The list operation's parameters depend on one another in ways OpenAPI cannot
 # express: `after` must be a cursor from a next link made for the same `order`,
-# and `after` with `offset` is refused. So a list request whose parameters each
+# and `after` with `offset` is refused, as is `all=true` without `format=csv` or
+# with `limit`. So a list request whose parameters each
 # fit their schema can still be a 400; every other operation must accept
-# whatever its schema allows.
+# whatever its schema allows. An If-Match on a row's operation is a claim about the
+# row's current state: one that does not hold is a 412 however well formed (as a
+# conflict with the data is a 409), and it is checked before the values a body
+# gives reach the database (RFC 9110 section 13.2.1), so a 412 also rejects a body
+# the database would refuse.
 CONFIG = """
 [[operations]]
 include-operation-id-regex = "^list_"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400"]
+
+[[operations]]
+include-operation-id-regex = "^(get|put|patch|delete)_"
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx"]
+checks.negative_data_rejection.expected-statuses = [
+    "400", "401", "403", "404", "405", "406", "409", "412", "415", "422", "428", "429", "5xx"]
+
+# A write by filter (PATCH/DELETE on a collection) takes every filter as optional,
+# but at least one is required: without any it is a 400.
+[[operations]]
+include-operation-id-regex = "^filter_(update|delete)_"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "409"]
 """
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import weakref
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -71,13 +70,13 @@ def changed_columns(change: Change) -> dict[str, dict[str, Any]]:
             for name, value in change.record.items() if old.get(name) != value}
 
 
-# One log per running server: a process (a test suite) may run several.
-_logs: weakref.WeakKeyDictionary[Any, AuditLog] = weakref.WeakKeyDictionary()
-
-
 def audit_log_of(app: Any) -> AuditLog | None:
-    """The audit log ``app`` writes to, or None when the plugin is not enabled for it."""
-    return _logs.get(app)
+    """The audit log ``app`` writes to, or None when the plugin is not enabled for it.
+
+    Each server keeps its own in ``app.state`` (a process, a test suite say, may
+    run several), rather than in a module global.
+    """
+    return app.state.get(NAME)
 
 
 def open_log(settings: dict[str, str]) -> AuditLog:
@@ -107,11 +106,11 @@ def pylight_startup(app: Any) -> None:
         return  # no [plugin:audit_log] section: stay inert
     log = open_log(settings)
     log.unsubscribe = app.hub.subscribe(None, log.write)
-    _logs[app] = log
+    app.state[NAME] = log
 
 
 @hookimpl
 def pylight_shutdown(app: Any) -> None:
-    log = _logs.pop(app, None)
+    log = app.state.pop(NAME, None)
     if log is not None:
         log.close()

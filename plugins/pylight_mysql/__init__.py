@@ -329,6 +329,14 @@ class MysqlBackend(Backend):
     def current_schema_sql(self) -> str:
         return "DATABASE()"
 
+    def estimated_row_counts(self, db: peewee.Database) -> dict[str, int]:
+        # InnoDB's TABLE_ROWS is an estimate from its statistics (exact for MyISAM/Aria).
+        cursor = db.execute_sql(
+            "SELECT table_name, table_rows FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' "
+            "AND table_rows IS NOT NULL")
+        return {name: int(rows) for name, rows in cursor.fetchall()}
+
     def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
         cursor = db.execute_sql(
             "SELECT column_name, data_type, column_type, extra FROM information_schema.columns "
@@ -348,6 +356,13 @@ class MysqlBackend(Backend):
 
     def exact_text(self, node: Any) -> Any:
         return peewee.NodeList((peewee.SQL("BINARY"), node))
+
+    def insert_if_absent(self, insert: peewee.Insert, target: list[peewee.Field]) -> peewee.Insert:
+        # No conflict target here, and INSERT IGNORE would also turn other errors
+        # (NOT NULL, out of range) into warnings: a no-op ON DUPLICATE KEY UPDATE
+        # instead, whose row count is 0 when the row existed (pymysql does not ask
+        # for CLIENT_FOUND_ROWS, which would count it as 1).
+        return insert.on_conflict(update={target[0]: target[0]})
 
     def like(self, field: peewee.Field, pattern: str, case_insensitive: bool) -> peewee.Expression:
         # Compare bytes so the result does not depend on the column's collation

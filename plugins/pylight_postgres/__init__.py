@@ -120,6 +120,24 @@ class PostgresBackend(Backend):
     def column_types(self, db: peewee.Database, table: str) -> dict[str, ColumnType]:
         return pg_types.column_types(db, table)
 
+    def unique_keys(self, db: peewee.Database, table: str) -> list[tuple[str, ...]]:
+        # ON CONFLICT takes neither a deferrable constraint (indimmediate) nor, without
+        # its predicate, a partial index; INCLUDE columns are not part of the key.
+        cursor = db.execute_sql(
+            "SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace s ON s.oid = c.relnamespace "
+            "CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE s.nspname = current_schema() AND c.relname = %s AND i.indisunique "
+            "AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL "
+            "AND k.n <= i.indnkeyatts GROUP BY i.indexrelid ORDER BY i.indexrelid", (table,))
+        return [tuple(columns) for (columns,) in cursor.fetchall()]
+
+    def row_identity(self, columns: list[str]) -> tuple[str, ...]:
+        # ctid alone repeats across the partitions of a partitioned table.
+        return ("tableoid", "ctid")
+
     def foreign_keys(self, db: peewee.Database, table: str) -> list[ForeignKey]:
         cursor = db.execute_sql(
             "SELECT con.oid, a.attname, ref.relname, ra.attname "
@@ -134,6 +152,15 @@ class PostgresBackend(Backend):
             "WHERE con.contype = 'f' AND n.nspname = current_schema() AND c.relname = %s "
             "ORDER BY con.conname, con.oid, k.position", (table,))
         return group_foreign_keys(cursor.fetchall())
+
+    def estimated_row_counts(self, db: peewee.Database) -> dict[str, int]:
+        # reltuples is kept by VACUUM/ANALYZE (autovacuum); -1: never analysed.
+        cursor = db.execute_sql(
+            "SELECT c.relname, c.reltuples::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+            "AND c.reltuples >= 0")
+        return {name: int(rows) for name, rows in cursor.fetchall()}
 
     def is_disconnect(self, exc: BaseException) -> bool:
         err = self.driver_error(exc)

@@ -256,6 +256,17 @@ class SqliteBackend(Backend):
             resolved.append((fk_id, column, parent, referenced))
         return group_foreign_keys(resolved)
 
+    def unique_keys(self, db: peewee.Database, table: str) -> list[tuple[str, ...]]:
+        # An INTEGER PRIMARY KEY has no index of its own: the core adds the key.
+        return [tuple(index.columns) for index in db.get_indexes(table)
+                if index.unique and index.columns and None not in index.columns
+                and " where " not in (index.sql or "").lower()]
+
+    def row_identity(self, columns: list[str]) -> tuple[str, ...]:
+        # A column may take the name of the rowid (any of its three spellings).
+        taken = {name.lower() for name in columns}
+        return next(((name,) for name in ("rowid", "_rowid_", "oid") if name not in taken), ())
+
     def field_for_unknown(self, raw_type: str) -> type[peewee.Field] | None:
         base = (raw_type or "").lower().split("(", 1)[0].strip()
         if base in _TYPES:

@@ -9,7 +9,7 @@
  *     onWindow(msg) {},                              // live window messages (snapshot, enter...)
  *     onResync(msg) {},                              // re-read over REST: changes were missed
  *     onStatus(status) {},                           // "connecting" | "open" | "closed"
- *     onError(error) {},                             // the subscription was refused (it stops)
+ *     onError(error) {},                             // refused for good: {status, code, message}
  *   });
  *   feed.close();
  *
@@ -17,6 +17,15 @@
  * dropped connection is retried with exponential backoff and each subscription
  * resumed with its own `since` (the last seq it saw), so no change is lost while
  * the server's replay buffer covers the gap; otherwise the server sends resync.
+ *
+ * Failures that retrying cannot mend are not retried: a refused subscription
+ * (unknown table 404, bad filter 400, no permission 401/403) ends that feed; a
+ * refused connection (a bad or expired token 401, this page's origin not in
+ * [realtime] allowed_origins 403, no feeds at that address 404) ends every feed.
+ * Each ended feed gets onError(error) and the status "closed"; the client's own
+ * onError (new Pylight.Client({onError})) hears of a refused connection once.
+ * A browser does not show a script why a WebSocket failed, so after a socket
+ * that never opened the client asks the same URL over plain HTTP.
  */
 (function (root) {
   "use strict";
@@ -81,6 +90,9 @@
     var origin = options.url || (root.location ? root.location.origin : "http://127.0.0.1:8000");
     this.apiBase = origin + (options.apiPrefix || "/api");
     this.wsUrl = origin.replace(/^http/, "ws") + (options.wsPrefix || "/ws");
+    this.probeUrl = origin + (options.wsPrefix || "/ws");   // the same route over HTTP
+    this.onError = options.onError || null;
+    this.parse = options.parse || JSON.parse;   // e.g. one that keeps integers past 2^53 exact
     this.token = options.token || null;
     this.minDelay = options.minDelay || 500;
     this.maxDelay = options.maxDelay || 10000;
@@ -116,16 +128,18 @@
   Client.prototype.connect = function () {
     var self = this;
     if (this.socket || this.retryTimer) return;
-    var url = this.wsUrl + (this.token ? "?token=" + encodeURIComponent(this.token) : "");
-    var socket;
+    var query = this.token ? "?token=" + encodeURIComponent(this.token) : "";
+    var socket, opened = false;
     try {
-      socket = new WebSocket(url);
+      socket = new WebSocket(this.wsUrl + query);
     } catch (err) {
-      this.scheduleRetry();
+      // A malformed URL, or ws:// from an https page: no retry can mend it.
+      this.fail({status: 0, code: "bad_url", message: String(err && err.message || err)});
       return;
     }
     this.socket = socket;
     socket.onopen = function () {
+      opened = true;
       self.attempt = 0;
       self.open = true;
       self.lastHeard = Date.now();
@@ -133,7 +147,7 @@
     };
     socket.onmessage = function (event) {
       var msg;
-      try { msg = JSON.parse(event.data); } catch (err) { return; }
+      try { msg = self.parse(event.data); } catch (err) { return; }
       self.lastHeard = Date.now();
       if (msg.type === "hello") {
         self.startPings(msg.heartbeat || 20);
@@ -141,15 +155,58 @@
         self.feeds[msg.sub].receive(msg);
       }
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
       self.stopPings();
       self.socket = null;
       self.open = false;
       var waiting = Object.keys(self.feeds);
       waiting.forEach(function (id) { self.feeds[id].status("connecting"); });
-      if (waiting.length) self.scheduleRetry();
+      if (!waiting.length) return;
+      if (event.code === 4401) {   // the token expired: the same token is refused again
+        self.fail({status: 401, code: "unauthorized", message: event.reason || "token expired"});
+      } else if (!opened) {
+        self.probe(query);
+      } else {
+        self.scheduleRetry();
+      }
     };
-    socket.onerror = function () { /* onclose follows and retries */ };
+    socket.onerror = function () { /* onclose follows */ };
+  };
+
+  // Why did the upgrade fail? The route answers a plain GET with the same checks
+  // (the token) and a JSON error that a page may read when its origin may connect.
+  // A page whose origin is refused cannot read the answer at all, while an opaque
+  // ("no-cors") request still reaches the server: that tells it from a server
+  // that is down, which is retried.
+  Client.prototype.probe = function (query) {
+    var self = this;
+    if (typeof fetch !== "function") { this.scheduleRetry(); return; }
+    var permanent = {401: true, 403: true, 404: true};
+    fetch(this.probeUrl + query, {headers: {"Accept": "application/json"}}).then(function (response) {
+      return response.json().catch(function () { return null; }).then(function (body) {
+        if (permanent[response.status]) {
+          self.fail((body && body.error) || {status: response.status, message: response.statusText});
+        } else {
+          self.scheduleRetry();   // 400 (it would upgrade now), 503 (a limit): try again
+        }
+      });
+    }, function () {
+      return fetch(self.probeUrl, {mode: "no-cors"}).then(function () {
+        var origin = root.location ? root.location.origin : "this page";
+        self.fail({status: 403, code: "forbidden",
+                   message: "the server refuses WebSockets from pages at " + origin +
+                            "; add it to [realtime] allowed_origins",
+                   details: {origin: origin, setting: "[realtime] allowed_origins"}});
+      }, function () { self.scheduleRetry(); });
+    });
+  };
+
+  // A failure no retry mends: every feed ends with onError, nothing is retried.
+  Client.prototype.fail = function (error) {
+    var self = this;
+    var feeds = Object.keys(this.feeds).map(function (id) { return self.feeds[id]; });
+    feeds.forEach(function (feed) { feed.receive({type: "error", error: error}); });
+    if (this.onError) this.onError(error, this);
   };
 
   Client.prototype.scheduleRetry = function () {
@@ -190,7 +247,12 @@
     if (this.token) headers["Authorization"] = "Bearer " + this.token;
     return fetch(this.apiBase + path, {headers: headers}).then(function (response) {
       return response.json().then(function (body) {
-        if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
+        if (!response.ok) {
+          var error = new Error((body.error && body.error.message) || response.statusText);
+          error.status = response.status;   // and the contract's error object, when there is one
+          error.error = body.error || null;
+          throw error;
+        }
         return body;
       });
     });
