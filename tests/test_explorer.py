@@ -11,9 +11,7 @@ to look at.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,10 +22,10 @@ from urllib.parse import quote
 import pytest
 
 from tests.awkward_schemas import load_awkward
-from tests.conftest import REQUIRE, write_config
+from tests.browser_support import chromium
+from tests.conftest import write_config
 from tests.live_server import LiveServer, free_port
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "explorer"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -37,32 +35,12 @@ XSS = "<img src=x onerror=window.pwned=1>"
 READER = "explorer-reader-key-5d1f0c3a9b"
 
 
-def _missing(what: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{what} is not installed; PYLIGHT_REQUIRE_SERVICES=1 requires it")
-    pytest.skip(f"{what} is not installed")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One Chromium for the module (the system's: Playwright never downloads one here)."""
-    if not os.path.exists(CHROMIUM):
-        _missing("chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright (pip install playwright)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
     print(f"\nexplorer screenshots: {ARTIFACTS}")
 
 

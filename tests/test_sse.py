@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from pylight.hub import Change
 from tests.auth_support import assert_error, bearer
-from tests.conftest import REQUIRE
+from tests.browser_support import chromium, missing
 from tests.realtime_support import TIMEOUT, FeedClient, in_thread, port_of, wait_for
 
 READER = "reader-key-4f1c9a2b7d3e8f60"
@@ -26,7 +25,6 @@ WRITER = "writer-key-9a7e44c2f1b05d3c"
 KEYS = {"plugin:apikeys": {"reader.key": READER, "reader.permissions": "products: read",
                            "writer.key": WRITER, "writer.permissions": "*: *"}}
 NEW = {"name": "Streamed", "price": "3.50", "sku": "SSE-1"}
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CURL = shutil.which("curl")
 
 
@@ -594,16 +592,10 @@ async def test_a_reading_stream_survives_one_statement_of_more_rows_than_max_pen
 
 # -- curl and a browser --------------------------------------------------------------------------
 
-def _missing(what: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{what} is not installed; PYLIGHT_REQUIRE_SERVICES=1 requires it")
-    pytest.skip(f"{what} is not installed")
-
-
 @pytest.mark.gen_test(timeout=30)
 async def test_curl_receives_the_hello_and_a_change(server):
     if CURL is None:
-        _missing("curl")
+        missing("curl")
     process = await asyncio.create_subprocess_exec(
         CURL, "-sN", "--max-time", "20", "-H", "Accept: text/event-stream",
         server.base_url + "/sse/products",
@@ -627,22 +619,8 @@ async def test_curl_receives_the_hello_and_a_change(server):
 
 @pytest.fixture
 def browser():
-    if not os.path.exists(CHROMIUM):
-        _missing("chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright (pip install playwright)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
 def rest(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
