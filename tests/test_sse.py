@@ -8,8 +8,6 @@ import json
 import shutil
 import socket
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 from pylight.hub import Change
 from tests.auth_support import assert_error, bearer
 from tests.browser_support import chromium, missing
+from tests.live_server import rest
 from tests.realtime_support import TIMEOUT, FeedClient, in_thread, port_of, wait_for
 
 READER = "reader-key-4f1c9a2b7d3e8f60"
@@ -622,17 +621,6 @@ def browser():
     with chromium() as instance:
         yield instance
 
-
-def rest(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 EVENT_SOURCE = """() => {
