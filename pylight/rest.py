@@ -322,7 +322,11 @@ class ItemHandler(TableHandler):
             await self.auth.authorize(self.identity, "read", table.name, record)
         if self.not_modified(record):
             return
-        self.write_json(await self.embedder().item(table, record, self.request.query_arguments))
+        arguments = self.request.query_arguments
+        if "select" not in arguments:  # the common case: the row as read, nothing to plan
+            self.write_json(record)
+            return
+        self.write_json(await self.embedder().item(table, record, arguments))
 
     def not_modified(self, record: dict[str, Any]) -> bool:
         """Send the row's ETag; answer 304 (and True) when If-None-Match holds it.
