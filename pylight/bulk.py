@@ -17,8 +17,8 @@ from typing import Any
 
 import peewee
 
+from pylight import decoding, store, values
 from pylight import query as ql
-from pylight import store, values
 from pylight.auth import forbidden
 from pylight.backend import Backend
 from pylight.changes import Change
@@ -114,7 +114,7 @@ def _select(table: TableInfo, where: Any, identity: list[Any]) -> peewee.Select:
 
 
 def _read(table: TableInfo, select: peewee.Select, width: int) -> list[tuple[Identity, Row]]:
-    decode = store.row_decoder(table, tuple(table.columns))
+    decode = decoding.row_decoder(table, tuple(table.columns))
     rows = table.model._meta.database.execute_sql(*select.sql()).fetchall()
     return [(tuple(row[:width]), decode(row[width:])) for row in rows]
 
@@ -231,7 +231,7 @@ def _pairing(record: Row, names: list[str]) -> str:
 
 
 def _returning(table: TableInfo, query: Any) -> list[Row]:
-    decode = store.row_decoder(table, tuple(table.columns))
+    decode = decoding.row_decoder(table, tuple(table.columns))
     query = query.returning(*[column.selected for column in table.columns.values()])
     return [decode(row) for row in table.model._meta.database.execute_sql(*query.sql()).fetchall()]
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
+from pylight import decoding, store, values
 from pylight import query as ql
-from pylight import store, values
 from pylight.errors import ApiError, bad_request
 from pylight.types import ForeignKey
 
@@ -327,7 +327,7 @@ def _read(embed: Embed, keys: list[tuple[Any, ...]], backend: Backend) -> list[R
     child = embed.table
     sql, params = _statement(embed, keys, backend)
     rows = child.model._meta.database.execute_sql(sql, params).fetchall()
-    decode = store.row_decoder(child, tuple(embed.fetch))
+    decode = decoding.row_decoder(child, tuple(embed.fetch))
     return [decode(row) for row in rows]
 
 

@@ -12,6 +12,7 @@ from pylight import query as ql
 from pylight.auth import forbidden
 from pylight.backend import Backend
 from pylight.changes import Change
+from pylight.decoding import row_decoder
 from pylight.errors import not_found, unprocessable
 from pylight.etag import Preconditions
 from pylight.schema import TableInfo
@@ -73,7 +74,7 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     width = len(names)
     items = page.items
     if width == len(fetch):
-        items.extend(decode(row) for row in rows)
+        items.extend(map(decode, rows))
     else:
         for row in rows:
             record = decode(row)
@@ -164,36 +165,6 @@ class _InsertReturning:
             params.append(param if name is None else self.fields[name].db_value(data[name]))
         row = table.model._meta.database.execute_sql(self.sql, params).fetchone()
         return row_decoder(table, tuple(self.names))(row)
-
-
-def row_decoder(table: TableInfo, names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
-    """A function turning a raw database row of ``names`` into the API's JSON record,
-    made once per table and column list."""
-    key = ("decoder", names)
-    decoder = table.statements.get(key)
-    if decoder is None:
-        steps = []
-        for name in names:
-            column = table.columns[name]
-            convert, encode = column.field.python_value, column.encode
-            steps.append((name, convert, encode))
-
-        def decoder(row: tuple[Any, ...]) -> dict[str, Any]:
-            record = {}
-            for (name, convert, encode), value in zip(steps, row):  # noqa: B905
-                if value is not None:
-                    try:
-                        value = convert(value)
-                        if encode is not None and value is not None:
-                            value = encode(value)
-                    except (ValueError, TypeError, ArithmeticError):
-                        # A value of another type than the column declares (SQLite keeps
-                        # '' in a REAL column): served as it is stored, never a 500.
-                        pass
-                record[name] = value
-            return record
-        table.statements[key] = decoder
-    return decoder
 
 
 class _ByKey:
