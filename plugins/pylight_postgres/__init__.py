@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -73,12 +74,49 @@ _RETRY = ("40001", "40P01", "57014", "53", "55P03")
 
 
 class PylightPostgresDatabase(PooledPostgresqlDatabase):
-    """The pool, with every new connection reading the types Pylight serves as text."""
+    """The pool, with every new connection reading the types Pylight serves as text,
+    and a write's BEGIN sent together with its first statement."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred = threading.local()
 
     def _connect(self) -> Any:
         conn = super()._connect()
         pg_types.register_text_types(conn)
         return conn
+
+    def defer_begin(self) -> None:
+        """Open this thread's transaction with its next statement, in the same message.
+
+        Connections run in autocommit, so peewee sends BEGIN on its own: one more
+        round trip per write. PostgreSQL runs ``BEGIN; <statement>`` from one
+        message as two statements and answers the last one's rows, so a single-row
+        write takes two round trips (this one and COMMIT) instead of three. A
+        connection found dead by that first message is still retried, as COMMIT
+        has not been sent."""
+        self._deferred.begin = True
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        if getattr(self._deferred, "begin", False):
+            self._deferred.begin = False
+            sql = "BEGIN; " + sql
+        return super().execute_sql(sql, params)
+
+    def commit(self) -> Any:
+        if self._unsent_begin():
+            return None  # no statement ran: there is no transaction to commit
+        return super().commit()
+
+    def rollback(self) -> Any:
+        if self._unsent_begin():
+            return None
+        return super().rollback()
+
+    def _unsent_begin(self) -> bool:
+        unsent = getattr(self._deferred, "begin", False)
+        self._deferred.begin = False
+        return unsent
 
 
 # Declared lengths (a domain's CHECK too) and the columns a sequence or identity fills in.
@@ -112,6 +150,9 @@ class PostgresBackend(Backend):
         return PylightPostgresDatabase(
             database, max_connections=pool_size, stale_timeout=300, **kwargs
         )
+
+    def begin_write(self, db: peewee.Database) -> None:
+        db.defer_begin()
 
     def declared_columns(self, db: peewee.Database, table: str, primary_key: list[str],
                          raw_types: dict[str, str]) -> dict[str, DeclaredColumn]:
