@@ -6,6 +6,9 @@ same SQL Pylight's peewee builds and the same JSON shape Pylight answers:
     GET  /api/products/<id>        -> 200 record | 404
     GET  /api/products?limit=N     -> 200 {"items": [...], "next": "/api/products?after=...&limit=N"}
     POST /api/products             -> 201 record + Location
+    GET  /api/orders?select=*,users(name)&limit=N
+                                   -> 200 {"items": [{...order, "users": {"name": ...}}], "next": ...}
+                                      (one JOIN: the embedded-list case)
 
 Handlers are synchronous: the query blocks the event loop, which is fine with a
 single connection and is the simplest thing that could possibly work.
@@ -34,6 +37,10 @@ LIST_SQL = SELECT + ' ORDER BY "t1"."id" ASC LIMIT %s'
 RETURNING = (' RETURNING "products"."id", "products"."name", "products"."description", '
              '"products"."price", "products"."sku", "products"."in_stock", '
              '"products"."created_at"')
+ORDERS_SQL = ('SELECT "t1"."id", "t1"."user_id", "t1"."product_id", "t1"."quantity", '
+              '"t1"."total", "t1"."status", "t1"."created_at", "t2"."name" '
+              'FROM "orders" AS "t1" LEFT JOIN "users" AS "t2" ON "t2"."id" = "t1"."user_id" '
+              'ORDER BY "t1"."id" ASC LIMIT %s')
 CENT = Decimal("0.01")
 
 
@@ -120,6 +127,30 @@ class CollectionHandler(Base):
         self.send(record(row), 201)
 
 
+class OrdersHandler(Base):
+    """Only ``select=*,users(name)``: each order with its user's name, by a JOIN."""
+
+    def get(self):
+        limit = min(int(self.get_argument("limit", "50")), 1000)
+        with self.conn.cursor() as cur:
+            cur.execute(ORDERS_SQL, (limit + 1,))
+            rows = cur.fetchall()
+        more = len(rows) > limit
+        items = [{
+            "id": rid, "user_id": user_id, "product_id": product_id, "quantity": quantity,
+            "total": None if total is None else format(total.quantize(CENT), "f"),
+            "status": status,
+            "created_at": None if created_at is None else created_at.isoformat(),
+            "users": None if user_id is None else {"name": name},
+        } for rid, user_id, product_id, quantity, total, status, created_at, name in rows[:limit]]
+        link = None
+        if more and items:
+            cursor = base64.urlsafe_b64encode(
+                _encoder.encode([items[-1]["id"]]).encode()).decode().rstrip("=")
+            link = f"/api/orders?select=%2A%2Cusers%28name%29&after={cursor}&limit={limit}"
+        self.send({"items": items, "next": link})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", required=True)
@@ -132,6 +163,7 @@ def main():
     app = tornado.web.Application([
         (r"/api/products/?", CollectionHandler, {"conn": conn}),
         (r"/api/products/([^/]+)", ItemHandler, {"conn": conn}),
+        (r"/api/orders/?", OrdersHandler, {"conn": conn}),
     ])
     app.listen(args.port, args.host)
     loop = tornado.ioloop.IOLoop.current()

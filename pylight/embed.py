@@ -4,12 +4,13 @@ authorised and read with one statement per embed for a whole page, never one per
 A select names its embeds (:class:`pylight.query.EmbedSpec`); planning finds each
 one's table and foreign key, parses its own parameters (``orders.limit=5``) as a
 list query of that table, checks the caller may read it and adds the caller's row
-filter, all before the page is read. After the page is read, each embed is one
-statement over the keys of every row of the page: ``WHERE fk IN (...)`` for a
-many-to-one embed (an object, or null), and the same with ``ROW_NUMBER() OVER
-(PARTITION BY fk ORDER BY ...)`` for a one-to-many embed (an array), which keeps
-``limit`` and ``offset`` per parent row in that one statement. Nested embeds are
-read the same way over the rows of the level above.
+filter, all before the page is read. A many-to-one embed of a page with nothing
+below it is a LEFT JOIN in the page's own statement. Every other embed is one
+statement over the keys of every row of the level above, once that is read:
+``WHERE fk IN (...)`` for a many-to-one embed (an object, or null), and the same
+with ``ROW_NUMBER() OVER (PARTITION BY fk ORDER BY ...)`` for a one-to-many embed
+(an array), which keeps ``limit`` and ``offset`` per parent row in that one
+statement.
 """
 
 from __future__ import annotations
@@ -235,10 +236,28 @@ class Plan:
     shown: list[str]  # the page's columns to show; the others were read for the joins
 
     async def page(self, table: TableInfo, q: ql.ListQuery) -> store.Page:
-        """A page of ``q`` (planned by :meth:`Embedder.plan`) with its embeds."""
-        page = await self.rows.page(table, q)
-        if self.embeds:
-            await self.attach(page.items)
+        """A page of ``q`` (planned by :meth:`Embedder.plan`) with its embeds, read in
+        one call to a worker thread."""
+        if not self.embeds:
+            return await self.rows.page(table, q)
+        return await self.rows.database.read(self._page, table, q)
+
+    def _page(self, table: TableInfo, q: ql.ListQuery) -> store.Page:
+        backend = self.rows.backend
+        joined = _joinable(table, self.embeds)
+        page = store.list_rows(table, backend, q, [
+            store.Joined(embed.key, embed.table, embed.link.parent_columns,
+                         embed.link.child_columns, tuple(embed.shown), embed.query.where)
+            for embed in joined])
+        rest = [embed for embed in self.embeds if embed not in joined]
+        if page.items and rest:
+            attach(rest, page.items, backend)
+        added = [embed.key for embed in (*joined, *rest)]
+        if len(q.select) == len(self.shown) and added == [embed.key for embed in self.embeds]:
+            # Every column read is shown (the join columns were selected anyway), in
+            # that order, followed by the embeds in the select's order: nothing to drop.
+            return page
+        page.items[:] = [_shown(record, self.shown, self.embeds) for record in page.items]
         return page
 
     async def attach(self, records: list[Record]) -> None:
@@ -246,6 +265,21 @@ class Plan:
         if records:
             await self.rows.database.read(attach, self.embeds, records, self.rows.backend)
         records[:] = [_shown(record, self.shown, self.embeds) for record in records]
+
+
+def _joinable(table: TableInfo, embeds: list[Embed]) -> list[Embed]:
+    """The embeds read by a LEFT JOIN in the page's own statement: many-to-one (at
+    most one related row per row, so the page's rows are not multiplied), with no
+    embeds of their own, of another table than the page's and of a table no other
+    joined embed reads (the join names each table once), under a key that is not
+    one of the page's columns."""
+    joined: list[Embed] = []
+    for embed in embeds:
+        if (not embed.link.many and not embed.embeds and embed.table.name != table.name
+                and embed.key not in table.columns
+                and all(other.table.name != embed.table.name for other in joined)):
+            joined.append(embed)
+    return joined
 
 
 def _shown(record: Record, shown: list[str], embeds: list[Embed]) -> Record:
@@ -272,8 +306,8 @@ def _embedded(embed: Embed, parents: list[Record], backend: Backend) -> list[Any
     matcher = ql.Matcher(child, ql.Group(()), backend)
     # Keys as the database compares them (a case-insensitive collation matches 'de'
     # with 'DE'), and the values to bind for them.
-    parent_keys = [_key(matcher, link.child_columns, [p[n] for n in link.parent_columns])
-                   for p in parents]
+    parent_keys = _keys(matcher, link.child_columns,
+                        [[p[n] for n in link.parent_columns] for p in parents])
     wanted: dict[Any, tuple[Any, ...] | None] = {}
     for parent, key in zip(parents, parent_keys, strict=True):
         if key is not None and key not in wanted:
@@ -291,6 +325,24 @@ def _embedded(embed: Embed, parents: list[Record], backend: Backend) -> list[Any
         row.update(row_shown)
     found = [groups.get(key, []) if key is not None else [] for key in parent_keys]
     return found if link.many else [rows[0] if rows else None for rows in found]
+
+
+def _keys(matcher: ql.Matcher, columns: tuple[str, ...], raws: list[list[Any]]) -> list[Any]:
+    """The join key of each of ``raws``, each distinct value worked out once (a page's
+    parents mostly share a few related rows)."""
+    known: dict[Any, Any] = {}
+    keys = []
+    for raw in raws:
+        # The types are part of the memo's key: 1, 1.0 and True are equal in Python.
+        memo = tuple((type(value), value) for value in raw)
+        try:
+            key = known[memo]
+        except KeyError:
+            key = known[memo] = _key(matcher, columns, raw)
+        except TypeError:  # an unhashable value (an array or a document)
+            key = _key(matcher, columns, raw)
+        keys.append(key)
+    return keys
 
 
 def _key(matcher: ql.Matcher, columns: tuple[str, ...], raw: list[Any]) -> Any:

@@ -36,7 +36,51 @@ def _key_condition(table: TableInfo, key: list[Any]) -> Any:
     return condition
 
 
-def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
+@dataclass(eq=False)
+class Joined:
+    """A many-to-one related row read in the page's own statement, by a LEFT JOIN
+    (pylight.embed chooses which): its object goes under ``key``, or None where
+    there is no related row the caller may see."""
+
+    key: str
+    table: TableInfo
+    parent_columns: tuple[str, ...]
+    child_columns: tuple[str, ...]
+    columns: tuple[str, ...]  # the related row's columns shown
+    where: ql.Group  # its filters, the caller's row filter among them
+
+    @property
+    def read(self) -> tuple[str, ...]:
+        """The columns read: those shown, then the join's (a match has them non-NULL)."""
+        return tuple(dict.fromkeys([*self.columns, *self.child_columns]))
+
+    def signature(self) -> tuple[Any, ...]:
+        return (self.key, self.table.name, self.parent_columns, self.child_columns, self.columns)
+
+
+def _join(select: Any, table: TableInfo, backend: Backend, joins: list[Joined]) -> Any:
+    for joined in joins:
+        child = joined.table
+        on = None
+        for parent_column, child_column in zip(joined.parent_columns, joined.child_columns,
+                                               strict=True):
+            step = child.columns[child_column].field == table.columns[parent_column].field
+            on = step if on is None else on & step
+        filters = ql.to_sql(child, backend, joined.where)
+        if filters is not None:
+            on = on & filters
+        select = select.join_from(table.model, child.model, peewee.JOIN.LEFT_OUTER, on=on)
+    return select
+
+
+def _joined_fields(joins: list[Joined]) -> list[Any]:
+    return [joined.table.columns[name].selected for joined in joins for name in joined.read]
+
+
+def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery,
+              joins: list[Joined] | None = None) -> Page:
+    """A page of ``q``; ``joins``: related rows to read with it (see :class:`Joined`)."""
+    joins = joins or []
     names = q.select or list(table.columns)
     # The order is always total (see query.full_order): a table with a key pages
     # by cursor under any order, one without a key by offset.
@@ -48,17 +92,21 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     fields = [table.columns[name].selected for name in fetch]
 
     where = ql.to_sql(table, backend, q.where)
-    if where is None:
-        # No filters: the statement depends only on the columns, the order and
-        # whether there is a cursor or an offset, so it is compiled once.
-        shape = _ListShape.get(table, fetch, order, keyset if q.after is not None else None,
-                               bool(q.offset), q.after)
+    if where is None and not any(joined.where.members for joined in joins):
+        # No filters: the statement depends only on the columns, the order, the
+        # joins and whether there is a cursor or an offset, so it is compiled once.
+        shape = _ListShape.get(table, backend, fetch, order,
+                               keyset if q.after is not None else None, bool(q.offset), q.after,
+                               joins)
         sql, params = shape.bind(q)
     else:
         conditions = where
         if q.after is not None and keyset is not None:
-            conditions = conditions & ql.keyset_condition(table, keyset, q.after)
-        select = table.model.select(*fields).where(conditions)
+            after = ql.keyset_condition(table, keyset, q.after)
+            conditions = after if conditions is None else conditions & after
+        select = _join(table.model.select(*fields, *_joined_fields(joins)), table, backend, joins)
+        if conditions is not None:
+            select = select.where(conditions)
         select = select.order_by(*ql.order_sql(table, order)).limit(q.limit + 1)
         if q.offset:
             select = select.offset(q.offset)
@@ -66,7 +114,7 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     # Rows are decoded and encoded in one pass by a per-shape decoder: peewee's
     # cursor wrapper costs more per row than the encoding itself.
     rows = table.model._meta.database.execute_sql(sql, params).fetchall()
-    decode = row_decoder(table, tuple(fetch))
+    decode = _joined_decoder(table, tuple(fetch), joins) if joins else row_decoder(table, tuple(fetch))
 
     page = Page(items=[])
     more = len(rows) > q.limit
@@ -95,6 +143,40 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery) -> Page:
     return page
 
 
+def _joined_decoder(table: TableInfo, fetch: tuple[str, ...], joins: list[Joined]
+                    ) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+    """Decodes a row of ``fetch`` followed by each join's columns: the record, with
+    each related row's object (or None) under its key. Made once per shape."""
+    key = ("joined decoder", fetch, tuple(joined.signature() for joined in joins))
+    decoder = table.statements.get(key)
+    if decoder is not None:
+        return decoder
+    parent, width = row_decoder(table, fetch), len(fetch)
+    parts = []
+    start = width
+    for joined in joins:
+        read = joined.read
+        end = start + len(read)
+        matched = [start + read.index(name) for name in joined.child_columns]
+        shown = None if len(read) == len(joined.columns) else joined.columns
+        parts.append((joined.key, row_decoder(joined.table, read), start, end, matched, shown))
+        start = end
+
+    def decoder(row: tuple[Any, ...]) -> dict[str, Any]:
+        record = parent(row[:width])
+        for name, child, begin, end, matched, shown in parts:
+            # The join's columns are NULL only where no related row matched.
+            if all(row[i] is None for i in matched):
+                record[name] = None
+            else:
+                related = child(row[begin:end])
+                record[name] = related if shown is None else {n: related[n] for n in shown}
+        return record
+
+    table.statements[key] = decoder
+    return decoder
+
+
 class _ListShape:
     """An unfiltered list statement with slots for the cursor values, limit and offset.
 
@@ -102,12 +184,15 @@ class _ListShape:
     which cursor values are NULL is part of the shape.
     """
 
-    def __init__(self, table: TableInfo, fetch: list[str], order: list[ql.OrderBy],
-                 keyset: list[ql.OrderBy] | None, offset: bool, nulls: tuple[bool, ...]) -> None:
+    def __init__(self, table: TableInfo, backend: Backend, fetch: list[str],
+                 order: list[ql.OrderBy], keyset: list[ql.OrderBy] | None, offset: bool,
+                 nulls: tuple[bool, ...], joins: list[Joined]) -> None:
         self.cursor_slots = [None if null else object() for null in nulls]
         self.limit_slot, self.offset_slot = object(), object()
         self.cursor_columns = [table.columns[item.column] for item in keyset or ()]
-        select = table.model.select(*[table.columns[name].selected for name in fetch])
+        select = table.model.select(*[table.columns[name].selected for name in fetch],
+                                    *_joined_fields(joins))
+        select = _join(select, table, backend, joins)
         if keyset:
             select = select.where(ql.keyset_condition(
                 table, keyset, [None if slot is None else peewee.Value(slot, converter=False)
@@ -118,13 +203,16 @@ class _ListShape:
         self.sql, self.params = select.sql()
 
     @classmethod
-    def get(cls, table: TableInfo, fetch: list[str], order: list[ql.OrderBy],
-            keyset: list[ql.OrderBy] | None, offset: bool, after: list[Any] | None) -> _ListShape:
+    def get(cls, table: TableInfo, backend: Backend, fetch: list[str], order: list[ql.OrderBy],
+            keyset: list[ql.OrderBy] | None, offset: bool, after: list[Any] | None,
+            joins: list[Joined]) -> _ListShape:
         nulls = tuple(value is None for value in after or ()) if keyset else ()
-        key = ("list", tuple(fetch), tuple(order), tuple(keyset or ()), offset, nulls)
+        key = ("list", tuple(fetch), tuple(order), tuple(keyset or ()), offset, nulls,
+               tuple(joined.signature() for joined in joins))
         shape = table.statements.get(key)
         if shape is None:
-            shape = table.statements[key] = cls(table, fetch, order, keyset, offset, nulls)
+            shape = table.statements[key] = cls(table, backend, fetch, order, keyset, offset,
+                                                nulls, joins)
         return shape
 
     def bind(self, q: ql.ListQuery) -> tuple[str, list[Any]]:
