@@ -9,6 +9,7 @@ import uuid
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 import peewee
 from playhouse.pool import PooledSqliteDatabase
@@ -133,6 +134,10 @@ def _is_strict(db: peewee.Database, table: str) -> bool:
     return bool(row and row[0])
 
 
+#: SQLite settings a database URL may give as query parameters, and their values.
+_URL_SETTINGS = {"synchronous": ("off", "normal", "full", "extra")}
+
+
 class SqliteBackend(Backend):
     name = "SQLite"
     integers_are_64_bit = True
@@ -146,6 +151,8 @@ class SqliteBackend(Backend):
 
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
         path = self.path(url)
+        pragmas = {"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 5000,
+                   **self.url_settings(url)}
         kwargs = {}
         if path == ":memory:":
             # Every pooled connection must see the same in-memory database.
@@ -163,9 +170,26 @@ class SqliteBackend(Backend):
             timeout=max(connect_timeout, 1.0),
             returning_clause=self.supports_returning,
             check_same_thread=False,
-            pragmas={"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 5000},
+            pragmas=pragmas,
             **kwargs,
         )
+
+    @staticmethod
+    def url_settings(url: str) -> dict[str, str]:
+        """The SQLite settings a URL may carry: ``?synchronous=normal`` (off, normal,
+        full or extra; SQLite's default is full: every commit waits for the disk)."""
+        query = url.split("?", 1)[1] if "?" in url else ""
+        settings = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            allowed = _URL_SETTINGS.get(name)
+            if allowed is None:
+                raise StartupError(f"database url: unknown SQLite setting {name!r} "
+                                   f"(known: {', '.join(sorted(_URL_SETTINGS))})")
+            if value.lower() not in allowed:
+                raise StartupError(f"database url: {name}={value!r} is not one of "
+                                   f"{', '.join(allowed)}")
+            settings[name] = value.lower()
+        return settings
 
     @staticmethod
     def path(url: str) -> str:
