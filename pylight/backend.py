@@ -94,6 +94,30 @@ class Backend:
         """Start the transaction of a write."""
         db.begin()
 
+    # A single-row insert as its own transaction, in one round trip (see
+    # Writes.run_alone). A backend offers it by answering the four below; by default
+    # it does not, and every write runs in a transaction.
+    def inserts_alone(self, db: peewee.Database, table: str) -> bool:
+        """Whether an insert into ``table`` may commit by itself: the row reads back
+        as given, so nothing found after the statement could call for a rollback (no
+        trigger or rule rewrites it). Asked once per table, in a worker thread."""
+        return False
+
+    def connection_quiet(self, db: peewee.Database) -> bool:
+        """This thread's connection shows no sign of having been ended by the server
+        (a statement lost on it in autocommit could not be retried)."""
+        return False
+
+    def alone(self, sql: str) -> str:
+        """``sql`` as a statement that commits by itself and gives up waiting for a row
+        lock after a moment (the write then runs again in a transaction)."""
+        return sql
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        """``exc`` says the statement from :meth:`alone` gave up waiting for a lock,
+        and so changed nothing."""
+        return False
+
     # -- reflection ---------------------------------------------------------
     def numeric_scales(self, db: peewee.Database, table: str) -> dict[str, tuple[int | None, int | None]]:
         """``{column: (precision, scale)}`` for the DECIMAL/NUMERIC columns of ``table``."""

@@ -46,6 +46,10 @@ class Rows:
 
     async def insert(self, table: TableInfo, rows: list[Row], check: store.RowCheck | None,
                      identity: Identity | None = None) -> list[Row]:
+        if len(rows) == 1 and check is None and self.backend.supports_returning:
+            return await self.writes.run_alone(table.name, store.inserts_alone, store.insert_alone,
+                                               store.insert_rows, table, self.backend, rows, check,
+                                               actor=self._actor(identity))
         return await self.writes.run(table.name, store.insert_rows, table, self.backend, rows,
                                      check, actor=self._actor(identity))
 

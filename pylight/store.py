@@ -237,6 +237,7 @@ class _InsertReturning:
         insert = insert.returning(*[table.columns[n].selected for n in self.names])
         self.sql, self.params = insert.sql()
         self.position = {id(slot): name for name, slot in self.slots.items()}
+        self.alone: str | None = None  # the statement as sent alone (insert_alone)
 
     @classmethod
     def get(cls, table: TableInfo, given: tuple[str, ...]) -> _InsertReturning:
@@ -246,12 +247,13 @@ class _InsertReturning:
             statement = table.statements[key] = cls(table, given)
         return statement
 
-    def run(self, table: TableInfo, data: dict[str, Any]) -> dict[str, Any]:
+    def run(self, table: TableInfo, data: dict[str, Any], sql: str | None = None) -> dict[str, Any]:
+        """Insert ``data``; ``sql``: the statement as the backend sends it alone."""
         params = []
         for param in self.params:
             name = self.position.get(id(param))
             params.append(param if name is None else self.fields[name].db_value(data[name]))
-        row = table.model._meta.database.execute_sql(self.sql, params).fetchone()
+        row = table.model._meta.database.execute_sql(sql or self.sql, params).fetchone()
         return row_decoder(table, tuple(self.names))(row)
 
 
@@ -346,6 +348,32 @@ def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
         _check(table, check, record)
     changes = [Change(table.name, "created", table.key_of(r), r) for r in records]
     return records, changes
+
+
+def inserts_alone(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
+                  check: RowCheck | None = None) -> bool:
+    """Whether this insert may be one statement that commits by itself
+    (:meth:`pylight.writes.Writes.run_alone`): one row, read back by RETURNING, and
+    nothing that could refuse it once written (no row filter to check, no trigger or
+    rule that rewrites the row, so it reads back as given)."""
+    if len(rows) != 1 or check is not None or not backend.supports_returning or table.is_view:
+        return False
+    known = table.statements.get("inserts_alone")
+    if known is None:
+        known = table.statements["inserts_alone"] = backend.inserts_alone(
+            table.model._meta.database, table.name)
+    return known
+
+
+def insert_alone(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
+                 check: RowCheck | None = None) -> tuple[list[dict[str, Any]], list[Change]]:
+    """The insert of :func:`inserts_alone`: its one statement, committing by itself."""
+    data = rows[0]
+    statement = _InsertReturning.get(table, tuple(data))
+    if statement.alone is None:
+        statement.alone = backend.alone(statement.sql)
+    record = statement.run(table, data, statement.alone)
+    return [record], [Change(table.name, "created", table.key_of(record), record)]
 
 
 def _find_inserted(table: TableInfo, backend: Backend, data: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -119,6 +120,24 @@ class PylightPostgresDatabase(PooledPostgresqlDatabase):
         return unsent
 
 
+#: How long a single-statement insert waits for a row lock before it rolls back and
+#: the write runs again in a transaction of its own (while it waits, the table's
+#: later changes wait to be published after it).
+ALONE_LOCK_TIMEOUT_MS = 100
+
+# A plain table (not a view, not partitioned) with no BEFORE INSERT row trigger and
+# no rule: a row inserted reads back with the values given.
+_INSERTS_AS_GIVEN = """
+SELECT EXISTS (
+  SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE n.nspname = current_schema() AND c.relname = %s AND c.relkind = 'r'
+     AND NOT c.relhasrules
+     AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                      WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                        AND t.tgtype & 7 = 7))
+"""
+
+
 # Declared lengths (a domain's CHECK too) and the columns a sequence or identity fills in.
 _CATALOG = """
 SELECT c.column_name, c.data_type, c.character_maximum_length,
@@ -153,6 +172,24 @@ class PostgresBackend(Backend):
 
     def begin_write(self, db: peewee.Database) -> None:
         db.defer_begin()
+
+    def inserts_alone(self, db: peewee.Database, table: str) -> bool:
+        return bool(db.execute_sql(_INSERTS_AS_GIVEN, (table,)).fetchone()[0])
+
+    def connection_quiet(self, db: peewee.Database) -> bool:
+        # An idle connection has nothing to read unless the server ended it (a
+        # restart or pg_terminate_backend sends FATAL first).
+        waiting = select.poll()
+        waiting.register(db.connection().fileno(), select.POLLIN)
+        return not waiting.poll(0)
+
+    def alone(self, sql: str) -> str:
+        # The statements of one message run as one implicit transaction, so SET
+        # LOCAL bounds this statement only.
+        return f"SET LOCAL lock_timeout = '{ALONE_LOCK_TIMEOUT_MS}ms'; {sql}"
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return getattr(self.driver_error(exc), "pgcode", None) == "55P03"
 
     def declared_columns(self, db: peewee.Database, table: str, primary_key: list[str],
                          raw_types: dict[str, str]) -> dict[str, DeclaredColumn]:
