@@ -89,28 +89,8 @@ def list_rows(table: TableInfo, backend: Backend, q: ql.ListQuery,
     # The order's columns beyond the selected ones, once each (a table without a key
     # is ordered by a column twice: as asked, then as a tie-breaker).
     fetch = names + list(dict.fromkeys(item.column for item in order if item.column not in names))
-    fields = [table.columns[name].selected for name in fetch]
-
     where = ql.to_sql(table, backend, q.where)
-    if where is None and not any(joined.where.members for joined in joins):
-        # No filters: the statement depends only on the columns, the order, the
-        # joins and whether there is a cursor or an offset, so it is compiled once.
-        shape = _ListShape.get(table, backend, fetch, order,
-                               keyset if q.after is not None else None, bool(q.offset), q.after,
-                               joins)
-        sql, params = shape.bind(q)
-    else:
-        conditions = where
-        if q.after is not None and keyset is not None:
-            after = ql.keyset_condition(table, keyset, q.after)
-            conditions = after if conditions is None else conditions & after
-        select = _join(table.model.select(*fields, *_joined_fields(joins)), table, backend, joins)
-        if conditions is not None:
-            select = select.where(conditions)
-        select = select.order_by(*ql.order_sql(table, order)).limit(q.limit + 1)
-        if q.offset:
-            select = select.offset(q.offset)
-        sql, params = select.sql()
+    sql, params = _list_statement(table, backend, q, fetch, order, keyset, where, joins)
     # Rows are decoded and encoded in one pass by a per-shape decoder: peewee's
     # cursor wrapper costs more per row than the encoding itself.
     rows = table.model._meta.database.execute_sql(sql, params).fetchall()
@@ -175,6 +155,30 @@ def _joined_decoder(table: TableInfo, fetch: tuple[str, ...], joins: list[Joined
 
     table.statements[key] = decoder
     return decoder
+
+
+def _list_statement(table: TableInfo, backend: Backend, q: ql.ListQuery, fetch: list[str],
+                    order: list[ql.OrderBy], keyset: list[ql.OrderBy] | None, where: Any,
+                    joins: list[Joined]) -> tuple[str, list[Any]]:
+    if where is None and not any(joined.where.members for joined in joins):
+        # No filters: the statement depends only on the columns, the order, the
+        # joins and whether there is a cursor or an offset, so it is compiled once.
+        shape = _ListShape.get(table, backend, fetch, order,
+                               keyset if q.after is not None else None, bool(q.offset), q.after,
+                               joins)
+        return shape.bind(q)
+    conditions = where
+    if q.after is not None and keyset is not None:
+        after = ql.keyset_condition(table, keyset, q.after)
+        conditions = after if conditions is None else conditions & after
+    fields = [table.columns[name].selected for name in fetch]
+    select = _join(table.model.select(*fields, *_joined_fields(joins)), table, backend, joins)
+    if conditions is not None:
+        select = select.where(conditions)
+    select = select.order_by(*ql.order_sql(table, order)).limit(q.limit + 1)
+    if q.offset:
+        select = select.offset(q.offset)
+    return select.sql()
 
 
 class _ListShape:
