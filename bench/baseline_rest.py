@@ -78,6 +78,21 @@ class Base(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(_encoder.encode(payload))
 
+    def send_page(self, sql, to_record, path):
+        """A keyset page of ``sql`` (its one parameter the limit), its ``next`` link
+        under ``path`` (``path`` + ``after=…&limit=…``)."""
+        limit = min(int(self.get_argument("limit", "50")), 1000)
+        with self.conn.cursor() as cur:
+            cur.execute(sql, (limit + 1,))
+            rows = cur.fetchall()
+        items = [to_record(row) for row in rows[:limit]]
+        link = None
+        if len(rows) > limit and items:
+            cursor = base64.urlsafe_b64encode(
+                _encoder.encode([items[-1]["id"]]).encode()).decode().rstrip("=")
+            link = f"{path}after={cursor}&limit={limit}"
+        self.send({"items": items, "next": link})
+
     def write_error(self, status_code, **kwargs):
         self.finish(_encoder.encode({"error": {"status": status_code, "code": "error",
                                                "message": self._reason}}))
@@ -97,18 +112,7 @@ class ItemHandler(Base):
 
 class CollectionHandler(Base):
     def get(self):
-        limit = min(int(self.get_argument("limit", "50")), 1000)
-        with self.conn.cursor() as cur:
-            cur.execute(LIST_SQL, (limit + 1,))
-            rows = cur.fetchall()
-        more = len(rows) > limit
-        items = [record(row) for row in rows[:limit]]
-        link = None
-        if more and items:
-            cursor = base64.urlsafe_b64encode(
-                _encoder.encode([items[-1]["id"]]).encode()).decode().rstrip("=")
-            link = f"/api/products?after={cursor}&limit={limit}"
-        self.send({"items": items, "next": link})
+        self.send_page(LIST_SQL, record, "/api/products?")
 
     def post(self):
         body = json.loads(self.request.body, parse_float=Decimal)
@@ -131,24 +135,18 @@ class OrdersHandler(Base):
     """Only ``select=*,users(name)``: each order with its user's name, by a JOIN."""
 
     def get(self):
-        limit = min(int(self.get_argument("limit", "50")), 1000)
-        with self.conn.cursor() as cur:
-            cur.execute(ORDERS_SQL, (limit + 1,))
-            rows = cur.fetchall()
-        more = len(rows) > limit
-        items = [{
-            "id": rid, "user_id": user_id, "product_id": product_id, "quantity": quantity,
-            "total": None if total is None else format(total.quantize(CENT), "f"),
-            "status": status,
-            "created_at": None if created_at is None else created_at.isoformat(),
-            "users": None if user_id is None else {"name": name},
-        } for rid, user_id, product_id, quantity, total, status, created_at, name in rows[:limit]]
-        link = None
-        if more and items:
-            cursor = base64.urlsafe_b64encode(
-                _encoder.encode([items[-1]["id"]]).encode()).decode().rstrip("=")
-            link = f"/api/orders?select=%2A%2Cusers%28name%29&after={cursor}&limit={limit}"
-        self.send({"items": items, "next": link})
+        self.send_page(ORDERS_SQL, order_with_user, "/api/orders?select=%2A%2Cusers%28name%29&")
+
+
+def order_with_user(row):
+    rid, user_id, product_id, quantity, total, status, created_at, name = row
+    return {
+        "id": rid, "user_id": user_id, "product_id": product_id, "quantity": quantity,
+        "total": None if total is None else format(total.quantize(CENT), "f"),
+        "status": status,
+        "created_at": None if created_at is None else created_at.isoformat(),
+        "users": None if user_id is None else {"name": name},
+    }
 
 
 def main():

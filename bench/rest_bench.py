@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
@@ -97,43 +99,45 @@ def drop_database(args: argparse.Namespace, name: str) -> None:
         conn.close()
 
 
-def add_products(args: argparse.Namespace, dbname: str, count: int) -> tuple[int, int]:
+def fill(args: argparse.Namespace, dbname: str, table: str, insert: str, count: int,
+         summary: str) -> tuple[Any, ...]:
+    """Run ``insert`` (its one parameter ``count``), analyse ``table``, answer ``summary``."""
     conn = admin_connect(args, dbname)
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO products (name, description, price, sku) "
-                "SELECT 'Product ' || g, 'Filler row ' || g || ' for the REST benchmark', "
-                "       ((g %% 997) + 1) / 4.0, 'BENCH-FILL-' || g "
-                "FROM generate_series(1, %s) AS g", (count,))
-            cur.execute("VACUUM ANALYZE products")
-            cur.execute("SELECT min(id), max(id), count(*) FROM products")
-            first, last, total = cur.fetchone()
-        log(f"products: {total} rows, ids {first}..{last}")
-        return first, last
+            cur.execute(insert, (count,))
+            cur.execute(f"VACUUM ANALYZE {table}")
+            cur.execute(summary)
+            return cur.fetchone()
     finally:
         conn.close()
+
+
+def add_products(args: argparse.Namespace, dbname: str, count: int) -> tuple[int, int]:
+    first, last, total = fill(
+        args, dbname, "products",
+        "INSERT INTO products (name, description, price, sku) "
+        "SELECT 'Product ' || g, 'Filler row ' || g || ' for the REST benchmark', "
+        "       ((g %% 997) + 1) / 4.0, 'BENCH-FILL-' || g "
+        "FROM generate_series(1, %s) AS g", count,
+        "SELECT min(id), max(id), count(*) FROM products")
+    log(f"products: {total} rows, ids {first}..{last}")
+    return first, last
 
 
 def add_orders(args: argparse.Namespace, dbname: str, count: int) -> None:
     """``count`` orders spread over the demo's users and the products, so a page of 50
     orders embeds a user each (the embedded-list case)."""
-    conn = admin_connect(args, dbname)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO orders (user_id, product_id, quantity, total, status) "
-                "SELECT u.ids[1 + g %% array_length(u.ids, 1)], p.ids[1 + g %% array_length(p.ids, 1)], "
-                "       1 + g %% 5, ((g %% 997) + 1) / 4.0, 'paid' "
-                "FROM generate_series(1, %s) AS g, "
-                "     (SELECT array_agg(id ORDER BY id) AS ids FROM users) AS u, "
-                "     (SELECT array_agg(id ORDER BY id) AS ids FROM products) AS p", (count,))
-            cur.execute("VACUUM ANALYZE orders")
-            cur.execute("SELECT count(*), count(DISTINCT user_id) FROM orders")
-            total, users = cur.fetchone()
-        log(f"orders: {total} rows over {users} users")
-    finally:
-        conn.close()
+    total, users = fill(
+        args, dbname, "orders",
+        "INSERT INTO orders (user_id, product_id, quantity, total, status) "
+        "SELECT u.ids[1 + g %% array_length(u.ids, 1)], p.ids[1 + g %% array_length(p.ids, 1)], "
+        "       1 + g %% 5, ((g %% 997) + 1) / 4.0, 'paid' "
+        "FROM generate_series(1, %s) AS g, "
+        "     (SELECT array_agg(id ORDER BY id) AS ids FROM users) AS u, "
+        "     (SELECT array_agg(id ORDER BY id) AS ids FROM products) AS p", count,
+        "SELECT count(*), count(DISTINCT user_id) FROM orders")
+    log(f"orders: {total} rows over {users} users")
 
 
 def pg_version(args: argparse.Namespace) -> str:
@@ -625,6 +629,20 @@ def main(argv: list[str] | None = None) -> int:
                     case: results["baseline"][case]["server_cpu_us_per_request"]
                     / results[name][case]["server_cpu_us_per_request"] for case in CASES}
     print_table(results, variants)
+    # The machine drifts between rounds (this one by up to 40% within minutes), and
+    # each round runs the servers back to back: the ratio within each round, then
+    # the median of those, is steadier than the ratio of the medians.
+    paired: dict[str, dict] = {}
+    if "baseline" in rounds and args.rounds > 1:
+        for name in variants:
+            if name != "baseline":
+                paired[name] = {case: statistics.median(
+                    mine["rps"] / theirs["rps"] for mine, theirs in
+                    zip(rounds[name][case], rounds["baseline"][case], strict=True))
+                    for case in CASES}
+        print("paired req/s ratios (median over rounds of the same round's ratio): " + "; ".join(
+            f"{name} " + ", ".join(f"{case} {ratio:.2f}" for case, ratio in per.items())
+            for name, per in paired.items()))
     report = {
         "run_id": run_id,
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -640,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
         "results": results,
         "ratios_vs_baseline": ratios,
+        "paired_ratios_vs_baseline": paired,
         # baseline CPU per request / Pylight CPU per request: less sensitive to
         # background load than req/s, since it counts only the server's own CPU.
         "cpu_efficiency_vs_baseline": cpu_ratios,
