@@ -517,9 +517,13 @@ def _encode_temporal(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def _encode_binary(value: Any) -> str:
+def _encode_binary(value: Any) -> Any:
     if isinstance(value, str):
         value = value.encode()
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        # A number in a BLOB column (SQLite keeps any type in any column) is served
+        # as stored: bytes(n) would be n zero bytes, a gigabyte for 10**9.
+        return value
     return base64.b64encode(bytes(value)).decode("ascii")
 
 

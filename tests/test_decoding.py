@@ -111,3 +111,13 @@ def test_short_paths_give_the_api_values() -> None:
     # Stored as text (SQLite): the general path parses it.
     assert decode(("2", "2024-02-29 10:00:00", "3", 1, str(key)))["at"] == "2024-02-29T10:00:00"
     assert decode((None,) * 5) == dict.fromkeys(columns)
+
+
+def test_a_number_in_a_binary_column_is_served_as_stored() -> None:
+    """SQLite keeps an integer in a BLOB column; it was once turned into that many
+    zero bytes (10**12 of them here) before being encoded."""
+    columns = {"data": SimpleNamespace(field=peewee.BlobField(), encode=values.encoder("binary"))}
+    decode = compile_decoder(SimpleNamespace(name="t", columns=columns), ("data",))
+    assert decode((10**12,)) == {"data": 10**12}
+    assert decode((2.5,)) == {"data": 2.5}
+    assert decode((b"\x00\xff",)) == {"data": "AP8="}
