@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from pylight import hookimpl
+from pylight.auth import Identity
 from tests.realtime_support import TIMEOUT, FeedClient, ws_url
 
 UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
@@ -25,6 +27,16 @@ AUDIENCE = "https://api.pylight.test"
 ISSUER = "https://auth.pylight.test"
 
 _KEYS: dict[str, Any] = {}
+
+
+class CallerByHeader:
+    """The half of a test auth plugin that names the caller: ``X-User: <name>`` is
+    the subject ``<name>``; no header is an anonymous caller."""
+
+    @hookimpl
+    def pylight_authenticate(self, request: Any, token: Any, app: Any) -> Identity | None:
+        who = request.headers.get("X-User")
+        return Identity(subject=who, provider="gate") if who else None
 
 
 def private_key(kind: str) -> Any:

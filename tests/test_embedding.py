@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pylight import hookimpl
-from pylight.auth import Identity
+from tests.auth_support import CallerByHeader
 from tests.awkward_schemas import load_awkward
 
 PROPERTY = settings(max_examples=15, deadline=None, derandomize=True,
@@ -507,14 +507,9 @@ async def test_one_statement_per_embed_whatever_the_page_size(library):
 
 # -- auth: permissions and row filters apply to embedded rows as to the table ----------------
 
-class Gate:
+class Gate(CallerByHeader):
     """``X-User: 1`` is user 1: reads everything, sees its own orders; user 2 may not read
     products; ``auditor`` sees every order but only active users."""
-
-    @hookimpl
-    def pylight_authenticate(self, request: Any, token: Any, app: Any) -> Identity | None:
-        who = request.headers.get("X-User")
-        return Identity(subject=who, provider="gate") if who else None
 
     @hookimpl
     def pylight_authorize(self, identity: Any, action: str, table: str, record: Any,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pylight import hookimpl, row_counts
-from pylight.auth import Identity
+from tests.auth_support import CallerByHeader
 from tests.awkward_schemas import catalog, load_awkward
 
 PROPERTY = settings(max_examples=8, deadline=None, derandomize=True,
@@ -104,13 +104,8 @@ def test_large_tables_give_the_databases_estimate(make_server, database, io_loop
     assert seen == ({False} if database.backend == "sqlite" else {False, True})
 
 
-class RowGate:
+class RowGate(CallerByHeader):
     """Callers named by X-User: "1" sees only its own orders; nobody else gets in."""
-
-    @hookimpl
-    def pylight_authenticate(self, request: Any, token: Any, app: Any) -> Identity | None:
-        who = request.headers.get("X-User")
-        return Identity(subject=who, provider="gate") if who else None
 
     @hookimpl
     def pylight_authorize(self, identity: Any, action: str, table: str, record: Any,
