@@ -76,14 +76,19 @@ class Rows:
             await authorize(record)
         return frozenset(bulk.fingerprint(record) for record in rows)
 
+    async def _allowed_where(self, table: TableInfo, where: ql.Group,
+                             authorize: Authorize | None) -> bulk.Allowed:
+        """The rows ``where`` matches that the record-level hooks allow (None: no hooks)."""
+        if authorize is None:
+            return None
+        found = await self.database.read(bulk.rows_where, table, self.backend, where)
+        return await self._allowed(found, authorize)
+
     async def update_where(self, table: TableInfo, where: ql.Group, row: Row,
                            check: store.RowCheck | None, identity: Identity | None = None,
                            authorize: Authorize | None = None) -> list[Row]:
         """Set ``row`` on every row ``where`` matches; the rows as left."""
-        allowed = None
-        if authorize is not None:
-            found = await self.database.read(bulk.rows_where, table, self.backend, where)
-            allowed = await self._allowed(found, authorize)
+        allowed = await self._allowed_where(table, where, authorize)
         return await self.writes.run(table.name, bulk.update_where, table, self.backend, where,
                                      row, check, allowed, actor=self._actor(identity))
 
@@ -91,10 +96,7 @@ class Rows:
                            identity: Identity | None = None,
                            authorize: Authorize | None = None) -> list[Row]:
         """Delete every row ``where`` matches; the rows as they were."""
-        allowed = None
-        if authorize is not None:
-            found = await self.database.read(bulk.rows_where, table, self.backend, where)
-            allowed = await self._allowed(found, authorize)
+        allowed = await self._allowed_where(table, where, authorize)
         return await self.writes.run(table.name, bulk.delete_where, table, self.backend, where,
                                      allowed, actor=self._actor(identity))
 

@@ -21,7 +21,6 @@ later ticket.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -48,6 +47,9 @@ class Sequencer:
 
     def __init__(self, publisher: Publisher) -> None:
         self.publisher = publisher
+        #: Held while a transaction takes its ticket and sends COMMIT, so its ticket
+        #: follows commit order.
+        self.commit_lock = threading.Lock()
         self.lock = threading.Lock()
         self.issued = 0
         self.head = 0  # the oldest ticket not yet queued
@@ -82,7 +84,6 @@ class Writes:
     def __init__(self, database: Database, publisher: Publisher) -> None:
         self.database = database
         self.publisher = publisher
-        self._commit_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._sequencers: dict[str, Sequencer] = {}
         self._sequencers_lock = threading.Lock()
         # A database with one writer at a time (SQLite): queue writers here, where
@@ -174,7 +175,7 @@ class Writes:
                 pass
             raise
         sequencer = self._sequencer(table)
-        with self._commit_locks[table]:
+        with sequencer.commit_lock:
             ticket = sequencer.take()
             attempt.committing = True
             committed: list[Change] = []
