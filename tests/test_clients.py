@@ -95,7 +95,7 @@ def test_live_page_shows_changes_and_survives_a_restart(live_server, browser, da
     rest(live_server.base_url, "PUT", f"/api/products/{created['id']}", {"name": "Renamed"})
     page.wait_for_function(
         f"document.querySelector('#rows-products tr[data-pk=\"{created['id']}\"]')"
-        ".innerText.includes('Renamed')", timeout=5000)
+        "?.innerText.includes('Renamed')", timeout=5000)
     rest(live_server.base_url, "DELETE", "/api/products/1")
     products.locator('tr[data-pk="1"]').wait_for(state="detached", timeout=5000)
 
@@ -109,7 +109,7 @@ def test_live_page_shows_changes_and_survives_a_restart(live_server, browser, da
     page.wait_for_function(
         "document.querySelector('#live').innerText === 'live'", timeout=20000)
     page.wait_for_function(
-        "document.querySelector('#rows-products tr[data-pk=\"2\"]').innerText"
+        "document.querySelector('#rows-products tr[data-pk=\"2\"]')?.innerText"
         ".includes('Changed while down')", timeout=10000)
     status, late = rest(live_server.base_url, "POST", "/api/products",
                         {"name": "After restart", "price": "1.00", "sku": "BROWSER-2"})

@@ -133,7 +133,7 @@ def _table_list(ui: Explorer, backend: str) -> None:
     ui.page.goto(ui.base + "/")
     # Row counts come in after the list: exact here (small tables), views not counted.
     ui.page.wait_for_function(
-        "document.querySelector('[data-rows-of=\"Order Items\"]').textContent === '10'",
+        "document.querySelector('[data-rows-of=\"Order Items\"]')?.textContent === '10'",
         timeout=WAIT)
     names = ui.page.eval_on_selector_all("#tables a", "links => links.map(a => a.textContent)")
     assert {ITEMS, "Orders", "shipments", "Order Totals"} <= set(names)
@@ -218,7 +218,7 @@ def _live_rows(ui: Explorer, backend: str) -> None:
     # An update flashes in place; its value is text, never markup.
     assert rest(base, "PATCH", "/api/Orders/3", {"note": XSS})[0] == 200
     page.wait_for_function(
-        f"document.querySelector('#grid tbody tr[data-pk=\"3\"]').textContent.includes({json.dumps(XSS)})",
+        f"document.querySelector('#grid tbody tr[data-pk=\"3\"]')?.textContent.includes({json.dumps(XSS)})",
         timeout=WAIT)
     assert page.evaluate("window.pwned === undefined && !document.querySelector('#grid img')")
 
