@@ -11,7 +11,14 @@ from urllib.parse import unquote
 import peewee
 from playhouse.db_url import parse as parse_db_url
 
-from pylight.errors import ApiError, StartupError, conflict, unavailable, unprocessable
+from pylight.errors import (
+    ApiError,
+    StartupError,
+    conflict,
+    forbidden,
+    unavailable,
+    unprocessable,
+)
 from pylight.redaction import redact_url
 from pylight.types import ColumnType, DeclaredColumn, ForeignKey
 
@@ -21,7 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pylight")
 
 
-def _first_line(exc: BaseException) -> str:
+#: The ``reason`` of a 422 the database's own code raised: on a read it is not a
+#: filter value's fault, so it is not turned into a 400 as a refused value is.
+RAISED = "raised"
+
+
+def _first_line(exc: object) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
 
@@ -325,6 +337,24 @@ class Backend:
             return unprocessable(f"column {column!r}: the database rejected the value: {first}",
                                  column=column)
         return unprocessable(f"the database rejected a value: {first}")
+
+    @staticmethod
+    def refused(message: str) -> ApiError:
+        """The database does not let Pylight's own database user do this: a privilege it
+        was not granted, or a read-only database. Asking again will not help, and the
+        request itself was fine. The driver's words name the database user, so they go
+        to the server log, not to the client."""
+        log.warning("the database refused a request: %s", _first_line(message))
+        return forbidden("the database refused this operation: the database user Pylight "
+                         "connects as lacks the privilege, or the database is read-only",
+                         reason="database_refused")
+
+    @staticmethod
+    def raised(message: str) -> ApiError:
+        """The database's own code (a trigger, a function a view calls) raised an error on
+        purpose: its message is meant for the client, like a CHECK constraint's refusal."""
+        first = message.strip().splitlines()[0] if message.strip() else "an error was raised"
+        return unprocessable(f"the database refused the request: {first}", reason=RAISED)
 
     @staticmethod
     def down() -> ApiError:

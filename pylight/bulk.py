@@ -20,7 +20,7 @@ import peewee
 from pylight import decoding, store, values
 from pylight import query as ql
 from pylight.auth import forbidden
-from pylight.backend import Backend
+from pylight.backend import RAISED, Backend
 from pylight.changes import Change
 from pylight.errors import bad_request, conflict, method_not_allowed
 from pylight.schema import TableInfo
@@ -138,6 +138,8 @@ def matching(table: TableInfo, backend: Backend, where: ql.Group,
         mapped = backend.map_error(exc)
         if mapped is None or mapped.status != 422:
             raise
+        if mapped.details.get("reason") == RAISED:
+            raise mapped from None
         raise bad_request(f"a filter value does not fit its column: {mapped.message}") from None
 
 

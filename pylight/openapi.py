@@ -341,11 +341,19 @@ def _error(description: str = "error", retry: bool = False) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
+    """The operation's own errors, and those any operation may meet: a 403 (an auth
+    plugin, or the database refusing its own user a privilege), a 422 (an error the
+    database's own code raised: a trigger, a function a view calls) and a 503."""
     text = {400: "bad query parameter, key or body", 404: "no such row",
             405: "method not allowed", 409: "unique or foreign-key conflict",
             413: "body too large", 415: "body not JSON",
-            422: "a column is unknown or its value does not fit", 503: "database unreachable"}
-    return {str(s): _error(text[s], retry=s == 503) for s in (*statuses, 503)}
+            422: "a column is unknown or its value does not fit, or the database's own "
+                 "code raised an error"}
+    shared = {403: "not allowed: by the caller's permissions, or by the database for "
+                   "Pylight's own database user", 503: "database unreachable"}
+    text = {**text, **shared}
+    every = sorted({*statuses, *shared, 422})
+    return {str(s): _error(text[s], retry=s == 503) for s in every}
 
 
 def _list_params(table: TableInfo, related: Sequence[str] = ()) -> list[dict[str, Any]]:

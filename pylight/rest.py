@@ -12,6 +12,7 @@ from urllib.parse import quote
 from pylight import bulk, csv_output, etag, prefer, row_counts, values
 from pylight import query as ql
 from pylight.auth import Auth, Identity
+from pylight.backend import RAISED
 from pylight.catalog import Catalog
 from pylight.config import ApiSettings
 from pylight.embed import Embedder
@@ -447,7 +448,7 @@ _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"\s*$')
 def _as_query_error(error: ApiError, arguments: dict[str, Any]) -> ApiError:
     """A value the database refused while reading is a filter value that does not fit
     its column (a PostgreSQL inet given "abc"): a 400 naming the parameter."""
-    if error.status != 422:
+    if error.status != 422 or error.details.get("reason") == RAISED:
         return error
     name = _quoted_parameter(error.message, arguments)
     if name is not None:

@@ -217,19 +217,47 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
     """Build a :class:`TableInfo` for every exposed table and view."""
     metadata = _introspect(db)
     views = {view.name for view in db.get_views()}
-    exposed = _exposed(metadata, backend, config)
+    exposed = [name for name in _exposed(metadata, backend, config) if _shown(metadata, name)]
     _check_table_sections(metadata, config)
     return {name: _table_info(db, backend, config, metadata, name, name in views, number)
             for number, name in enumerate(exposed)}
 
 
 def _introspect(db: peewee.Database) -> Any:
-    """peewee's account of every table and view: columns, primary and foreign keys."""
+    """peewee's account of every table and view: columns, primary and foreign keys.
+
+    A view whose table was dropped or altered since (SQLite and MariaDB keep such
+    views) cannot even be described: it is left out with a warning, so one broken
+    view does not keep the rest of the database from being served.
+    """
     introspector = Introspector.from_database(db)
     with warnings.catch_warnings():
         # Foreign keys into other schemas are dropped by peewee, with a warning.
         warnings.simplefilter("ignore")
-        return introspector.introspect(literal_column_names=True, include_views=True)
+        try:
+            return introspector.introspect(literal_column_names=True, include_views=True)
+        except peewee.DatabaseError:
+            names = db.get_tables() + [view.name for view in db.get_views()]
+            described = [name for name in names if _describable(introspector, name)]
+            return introspector.introspect(table_names=described, literal_column_names=True,
+                                           include_views=True)
+
+
+def _describable(introspector: Introspector, name: str) -> bool:
+    """True when the database can list ``name``'s columns, indexes and foreign keys."""
+    metadata = introspector.metadata
+    try:
+        metadata.get_columns(name)
+        metadata.get_indexes(name)
+        metadata.get_foreign_keys(name)
+    except peewee.DatabaseError as exc:
+        error = getattr(exc, "orig", None) or exc
+        # The driver's message: pymysql's args are (code, message), the others' (message,).
+        text = error.args[-1] if error.args and isinstance(error.args[-1], str) else str(error)
+        reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        log.warning("not serving %s: the database cannot describe it (%s)", name, reason)
+        return False
+    return True
 
 
 def _exposed(metadata: Any, backend: Backend, config: Config) -> list[str]:
@@ -243,6 +271,17 @@ def _exposed(metadata: Any, backend: Backend, config: Config) -> list[str]:
         if _selected(name, config.api.tables) and not _selected(name, config.api.exclude)
         and not name.startswith(("_pylight", *backend.internal_table_prefixes))
     ]
+
+
+def _shown(metadata: Any, name: str) -> bool:
+    """False (with a warning) for a table the database shows no column of: PostgreSQL
+    lists every table but shows the columns of only those the database user has a
+    privilege on, so there is nothing Pylight could serve."""
+    if metadata.columns[name]:
+        return True
+    log.warning("not serving %s: the database shows none of its columns (the database "
+                "user Pylight connects as may have no privilege on it)", name)
+    return False
 
 
 def _check_table_sections(metadata: Any, config: Config) -> None:

@@ -33,6 +33,9 @@ _DISCONNECT = {1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 _BAD_VALUE = {167, 1048, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1416, 1467, 1690, 1906, 3037,
               3105, 3140, 3819, 4025}
 _RETRY = {1205, 1213}  # lock wait timeout, deadlock
+# Not the request's fault and not worth a retry: a privilege the user lacks (on the
+# table, a column, a routine), and a write to a read-only server or transaction.
+_REFUSED = {1044, 1142, 1143, 1227, 1370, 1036, 1290, 1792}
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
 # "for column `db`.`table`.`col`": the last name is the column.
 _FOR_COLUMN = re.compile(r"for column (?:[`'][^`']+[`']\.)*[`']([^`']+)[`']")
@@ -397,6 +400,10 @@ class MysqlBackend(Backend):
         if errno in _BAD_VALUE:
             match = _COLUMN.search(message) or _FOR_COLUMN.search(message)
             return self.bad_value(message, match.group(1) if match else None)
+        if errno in _REFUSED:
+            return self.refused(message)
+        if errno == 1644:  # SIGNAL SQLSTATE '45000' in a trigger or a routine
+            return self.raised(message)
         if self.is_disconnect(exc):
             return self.down()
         if errno in _RETRY:

@@ -72,6 +72,9 @@ $$
 _BAD_VALUE = {"428C9", "42804", "54000", "42601"}
 # Serialization failures, deadlocks, cancelled statements, resources, lock timeouts.
 _RETRY = ("40001", "40P01", "57014", "53", "55P03")
+# Not the request's fault and not worth a retry: insufficient privilege, and a write
+# to a read-only database (a standby, default_transaction_read_only).
+_REFUSED = {"42501", "25006"}
 
 
 class PylightPostgresDatabase(PooledPostgresqlDatabase):
@@ -86,6 +89,23 @@ class PylightPostgresDatabase(PooledPostgresqlDatabase):
         conn = super()._connect()
         pg_types.register_text_types(conn)
         return conn
+
+    def get_primary_keys(self, table: str, schema: str | None = None) -> list[str]:
+        """The primary key's columns in key order, from the system catalog.
+
+        peewee asks ``information_schema``, which shows a table's constraints only to
+        a user with some privilege on it beyond SELECT: served by a read-only user,
+        every table would seem to have no primary key (no item routes, no keyset
+        pages)."""
+        cursor = self.execute_sql(
+            "SELECT a.attname FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace s ON s.oid = c.relnamespace "
+            "CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indisprimary AND c.relname = %s "
+            "AND s.nspname = COALESCE(%s, current_schema()) ORDER BY k.n", (table, schema))
+        return [name for (name,) in cursor.fetchall()]
 
     def defer_begin(self) -> None:
         """Open this thread's transaction with its next statement, in the same message.
@@ -265,6 +285,10 @@ class PostgresBackend(Backend):
         column = getattr(diag, "column_name", None)
         if code == "23514" or code.startswith("22") or code in _BAD_VALUE:
             return self.bad_value(getattr(diag, "message_primary", None) or str(err), column)
+        if code in _REFUSED:
+            return self.refused(str(err))
+        if code.startswith("P0"):  # RAISE EXCEPTION in a trigger or a function
+            return self.raised(getattr(diag, "message_primary", None) or str(err))
         if self.is_disconnect(exc):
             return self.down()
         if code.startswith(_RETRY):

@@ -49,6 +49,11 @@ _TEMPORAL = {"date": "date", "datetime": "datetime", "timestamp": "datetime",
              "timestamptz": "datetime", "time": "time"}
 # SQLite's own date and time functions read every ISO 8601 form (T or space,
 # date only, an offset): filters compare moments, not spellings.
+# Primary result codes (the extended code's low byte) that no retry will change:
+# SQLITE_READONLY (a read-only file or mode, PRAGMA query_only), SQLITE_AUTH.
+_REFUSED = {8, 23}
+# SQLITE_CONSTRAINT_TRIGGER: a trigger's RAISE(ABORT | FAIL | ROLLBACK, message).
+_RAISED = 1811
 _NORMALIZE = {"date": "%Y-%m-%d", "datetime": "%Y-%m-%d %H:%M:%f", "time": "%H:%M:%f"}
 
 
@@ -319,6 +324,8 @@ class SqliteBackend(Backend):
         err = self.driver_error(exc)
         text = str(err)
         if isinstance(err, sqlite3.IntegrityError):
+            if getattr(err, "sqlite_errorcode", None) == _RAISED:
+                return self.raised(text)
             if text.startswith("UNIQUE") or "PRIMARY KEY" in text:
                 return self.unique_conflict(text)
             if text.startswith("FOREIGN KEY"):
@@ -328,6 +335,8 @@ class SqliteBackend(Backend):
             return self.bad_value(text)
         if isinstance(err, (OverflowError, sqlite3.DataError)):
             return self.bad_value(text)
+        if ((getattr(err, "sqlite_errorcode", None) or 0) & 0xFF) in _REFUSED:
+            return self.refused(text)
         if self.is_disconnect(exc):
             return self.down()
         if isinstance(err, sqlite3.OperationalError) and "database or disk is full" in text:
