@@ -314,6 +314,16 @@ class Backend:
         """The DB-API exception peewee wrapped (kept as ``orig``)."""
         return getattr(exc, "orig", None) or exc
 
+    @classmethod
+    def error_text(cls, exc: BaseException, limit: int = 300) -> str:
+        """The driver's own words for ``exc``, on one line: for log lines and start-up
+        errors (pymysql's arguments are (code, message): the message alone)."""
+        err = cls.driver_error(exc)
+        args = getattr(err, "args", ())
+        mysql_like = len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str)
+        text = args[1] if mysql_like else str(err)
+        return " ".join(text.split())[:limit] or type(err).__name__
+
     @staticmethod
     def unique_conflict(detail: str = "") -> ApiError:
         return conflict("a row with the same unique value already exists", reason=detail or "unique")

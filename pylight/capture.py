@@ -76,10 +76,12 @@ def table_columns(table: TableInfo) -> list[tuple[str, str]]:
 
 
 def _execute(db: peewee.Database, sql: str) -> None:
-    # No parameters: the drivers then leave '%' in the text alone.
+    # No parameters: the drivers then leave '%' in the text alone. The driver's errors
+    # become peewee's, as they would through execute_sql.
     cursor = db.cursor()
     try:
-        cursor.execute(sql)
+        with peewee.__exception_wrapper__:
+            cursor.execute(sql)
     finally:
         cursor.close()
 
@@ -273,12 +275,23 @@ class Capture:
     def prepare(self) -> None:
         """Install the triggers if configured, then make sure they are there."""
         db, backend = self.database.db, self.backend
+        source = self.config.source
         with db.connection_context():
             if self.config.realtime.install_triggers:
-                for line in install(db, backend, self.tables):
+                try:
+                    lines = install(db, backend, self.tables)
+                except peewee.DatabaseError as exc:
+                    # Mostly a database user that does not own the tables.
+                    raise StartupError(
+                        f"{source}: [realtime] install_triggers: the database refused to "
+                        f"install the change-capture triggers ({backend.error_text(exc)}); "
+                        "install them once "
+                        "as a user that owns the tables (`python -m pylight OWNER-URL "
+                        "install-triggers`) and set install_triggers = false"
+                    ) from None
+                for line in lines:
                     log.info("change capture: %s", line)
             missing, outdated = check(db, backend, self.tables)
-        source = self.config.source
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise StartupError(
@@ -336,8 +349,7 @@ class Capture:
             except Exception as exc:
                 failures += 1
                 log.warning("change capture: reading the change log failed (%s); retrying",
-                            " ".join(str(self.backend.driver_error(exc)).split())[:200] or
-                            type(exc).__name__)
+                            self.backend.error_text(exc, 200))
                 await asyncio.sleep(min(0.1 * 2 ** failures, 5.0))
 
     async def read(self) -> int:

@@ -155,8 +155,7 @@ def manage_triggers(config: Config, command: str) -> None:
     except NotImplementedError as exc:
         raise StartupError(str(exc)) from None
     except Exception as exc:
-        reason = " ".join(str(backend.driver_error(exc)).split())[:300] or type(exc).__name__
-        raise StartupError(f"{command} failed: {reason}") from None
+        raise StartupError(f"{command} failed: {backend.error_text(exc)}") from None
     finally:
         db.close()
     for line in lines:

@@ -110,7 +110,7 @@ class Database:
             # driver's code, clients get 503 and the server stays up; it
             # reconnects by itself once the database lets it in again.
             log.warning("cannot open a database connection: %s",
-                        " ".join(str(self.backend.driver_error(exc)).split())[:200])
+                        self.backend.error_text(exc, 200))
             raise self.backend.down() from None
         try:
             return fn(*args)

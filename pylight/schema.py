@@ -215,7 +215,7 @@ def _selected(name: str, patterns: list[str]) -> bool:
 
 def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, TableInfo]:
     """Build a :class:`TableInfo` for every exposed table and view."""
-    metadata = _introspect(db)
+    metadata = _introspect(db, backend)
     views = {view.name for view in db.get_views()}
     exposed = [name for name in _exposed(metadata, backend, config) if _shown(metadata, name)]
     _check_table_sections(metadata, config)
@@ -223,7 +223,7 @@ def reflect(db: peewee.Database, backend: Backend, config: Config) -> dict[str, 
             for number, name in enumerate(exposed)}
 
 
-def _introspect(db: peewee.Database) -> Any:
+def _introspect(db: peewee.Database, backend: Backend) -> Any:
     """peewee's account of every table and view: columns, primary and foreign keys.
 
     A view whose table was dropped or altered since (SQLite and MariaDB keep such
@@ -238,12 +238,12 @@ def _introspect(db: peewee.Database) -> Any:
             return introspector.introspect(literal_column_names=True, include_views=True)
         except peewee.DatabaseError:
             names = db.get_tables() + [view.name for view in db.get_views()]
-            described = [name for name in names if _describable(introspector, name)]
+            described = [name for name in names if _describable(introspector, backend, name)]
             return introspector.introspect(table_names=described, literal_column_names=True,
                                            include_views=True)
 
 
-def _describable(introspector: Introspector, name: str) -> bool:
+def _describable(introspector: Introspector, backend: Backend, name: str) -> bool:
     """True when the database can list ``name``'s columns, indexes and foreign keys."""
     metadata = introspector.metadata
     try:
@@ -251,11 +251,8 @@ def _describable(introspector: Introspector, name: str) -> bool:
         metadata.get_indexes(name)
         metadata.get_foreign_keys(name)
     except peewee.DatabaseError as exc:
-        error = getattr(exc, "orig", None) or exc
-        # The driver's message: pymysql's args are (code, message), the others' (message,).
-        text = error.args[-1] if error.args and isinstance(error.args[-1], str) else str(error)
-        reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-        log.warning("not serving %s: the database cannot describe it (%s)", name, reason)
+        log.warning("not serving %s: the database cannot describe it (%s)", name,
+                    backend.error_text(exc))
         return False
     return True
 

@@ -10,7 +10,9 @@ were dropped since. None of that is a malformed request or a passing hiccup:
   SQLite ``RAISE(ABORT, ...)``) is a 422 carrying its message, on reads and writes
   alike, and writes nothing;
 - a view the database can no longer describe is left out at start-up with one
-  warning, and everything else is served.
+  warning, and everything else is served;
+- change-capture triggers the user may not install are one start-up line saying
+  how to install them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 
 from plugins.pylight_sqlite import SqliteBackend
 from tests.conftest import MYSQL_HOST, PG_HOST, RUN_ID
+from tests.live_server import clean_env, one_error_line, run_cli
 
 ROLE = f"pylight_limited_{RUN_ID}"
 PASSWORD = "limited-pw"
@@ -222,3 +225,16 @@ async def test_a_view_the_database_cannot_describe_is_left_out_at_start_up(
     warnings = [r.getMessage() for r in caplog.get_records("setup")
                 if "stale_view" in r.getMessage()]
     assert len(warnings) == 1 and "not serving stale_view" in warnings[0], warnings
+
+
+def test_triggers_the_database_user_may_not_install_are_one_start_up_line(
+        database, limited, tmp_path):
+    if database.backend == "sqlite":
+        pytest.skip("SQLite has no users or privileges")
+    (tmp_path / "pylight.ini").write_text(
+        f"[database]\nurl = {limited}\n[realtime]\ncapture = database\n"
+        "install_triggers = true\n")
+    line = one_error_line(run_cli(["--conf", "pylight.ini"], tmp_path, env=clean_env()))
+    assert "install_triggers: the database refused to install the change-capture " in line
+    assert "install-triggers" in line and "as a user that owns the tables" in line
+    assert "(1142," not in line  # the database's words, not the driver's tuple
