@@ -135,12 +135,14 @@ def matching(table: TableInfo, backend: Backend, where: ql.Group,
     except peewee.DatabaseError as exc:
         # Nothing is written yet: a value refused here is a filter's (PostgreSQL's
         # inet given "abc"), a bad query parameter.
+        if backend.is_disconnect(exc):
+            raise  # the caller retries it once on a fresh connection
         mapped = backend.map_error(exc)
-        if mapped is None or mapped.status != 422:
+        if mapped is None:
             raise
-        if mapped.details.get("reason") == RAISED:
-            raise mapped from None
-        raise bad_request(f"a filter value does not fit its column: {mapped.message}") from None
+        if mapped.status == 422 and mapped.details.get("reason") != RAISED:
+            raise bad_request(f"a filter value does not fit its column: {mapped.message}") from None
+        raise mapped from None
 
 
 def rows_where(table: TableInfo, backend: Backend, where: ql.Group) -> list[Row]:

@@ -297,7 +297,7 @@ def _table_info(db: peewee.Database, backend: Backend, config: Config, metadata:
     settings = config.table(name)
     hidden = frozenset(settings.hidden)
     reflected = backend.columns(db, name, metadata.columns[name])
-    primary_key = [] if is_view else list(metadata.primary_keys.get(name) or [])
+    primary_key = [] if is_view else _visible_key(name, metadata, reflected)
     _check_hidden(config.source, name, hidden, reflected, primary_key)
     fields, columns = _fields(db, backend, metadata, name, reflected, primary_key, hidden)
     info = TableInfo(
@@ -321,6 +321,21 @@ def _table_info(db: peewee.Database, backend: Backend, config: Config, metadata:
         if not primary_key:
             info.row_identity = backend.row_identity(list(reflected))
     return info
+
+
+def _visible_key(name: str, metadata: Any, reflected: dict[str, Any]) -> list[str]:
+    """The primary key, when the database shows its user every column of it.
+
+    With column privileges (PostgreSQL ``GRANT SELECT (a, b)``) a key column may be
+    out of sight: the table is then served as one without a key (rows found by
+    filters), not with a key no statement could name."""
+    key = list(metadata.primary_keys.get(name) or [])
+    unseen = [column for column in key if column not in reflected]
+    if unseen:
+        log.warning("serving %s as a table without a primary key: the database does not "
+                    "show its key column(s) %s", name, ", ".join(unseen))
+        return []
+    return key
 
 
 def _declared(db: peewee.Database, backend: Backend, table: TableInfo,
