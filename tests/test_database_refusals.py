@@ -216,6 +216,28 @@ async def test_a_key_column_the_user_may_not_see_leaves_a_table_served_without_a
     _refused(await server.delete("/api/contacts?name=eq.ann"))
 
 
+@pytest.fixture
+def read_only_server(database: Any, make_server: Any) -> Any:
+    if database.backend != "postgresql":
+        pytest.skip("default_transaction_read_only is PostgreSQL's (a standby answers alike)")
+    database.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)",
+                     "INSERT INTO notes (body) VALUES ('kept')")
+    read_only = "?options=-c%20default_transaction_read_only%3Don"
+    return make_server(url=database.url + read_only, seed=False)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_write_to_a_read_only_database_is_a_403(read_only_server, database):
+    server = read_only_server
+    _refused(await server.post("/api/notes", {"body": "new"}))
+    _refused(await server.post("/api/notes", [{"body": "a"}, {"body": "b"}]))
+    _refused(await server.patch("/api/notes/1", {"body": "changed"}))
+    _refused(await server.delete("/api/notes?id=eq.1"))
+    assert (await server.get("/api/notes")).body["items"] == [{"id": 1, "body": "kept"}]
+    assert database.execute("SELECT body FROM notes") == [("kept",)]
+    assert server.changes == []
+
+
 def test_a_read_only_sqlite_database_is_a_403_not_a_retry():
     """SQLite refuses a write to a read-only file, a read-only open or under
     ``PRAGMA query_only`` with SQLITE_READONLY: no retry will change that."""
