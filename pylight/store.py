@@ -333,11 +333,11 @@ def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
         else:
             last_id = table.model.insert(_values(table, data)).execute()
             record = None
-            if table.has_key:
-                if len(table.primary_key) == 1 and table.primary_key[0] not in data:
-                    key = [last_id]
-                else:
-                    key = [data[name] for name in table.primary_key]
+            missing = [name for name in table.primary_key if name not in data]
+            if len(table.primary_key) > 1 and missing:
+                record = _read_back_defaulted(table, data, missing, last_id)
+            elif table.has_key:
+                key = [last_id] if missing else [data[name] for name in table.primary_key]
                 record = get_row(table, key)
                 if record is None and len(table.primary_key) == 1 and last_id:
                     # MySQL/MariaDB generate the key when given 0 for an AUTO_INCREMENT
@@ -378,6 +378,29 @@ def insert_alone(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
         statement.alone = backend.alone(statement.sql)
     record = statement.run(table, data, statement.alone)
     return [record], [Change(table.name, "created", table.key_of(record), record)]
+
+
+def _read_back_defaulted(table: TableInfo, data: dict[str, Any], missing: list[str],
+                         last_id: Any) -> dict[str, Any] | None:
+    """The row just inserted without RETURNING into a table whose composite key was
+    partly left to the database (WordPress's wp_term_relationships): its key is the
+    values given and, for the rest, the AUTO_INCREMENT value or ``DEFAULT(column)``."""
+    declared = table.declared or {}
+    condition = None
+    for name in table.primary_key:
+        field = table.columns[name].field
+        if name not in missing:
+            value = data[name]
+        elif name in declared and declared[name].generated:
+            value = last_id
+        else:
+            value = peewee.fn.DEFAULT(field)
+        step = field == value
+        condition = step if condition is None else condition & step
+    names = list(table.columns)
+    select = table.model.select(*[table.columns[n].selected for n in names]).where(condition)
+    row = table.model._meta.database.execute_sql(*select.limit(1).sql()).fetchone()
+    return None if row is None else row_decoder(table, tuple(names))(row)
 
 
 def _find_inserted(table: TableInfo, backend: Backend, data: dict[str, Any]) -> dict[str, Any]:
