@@ -267,6 +267,8 @@ def _response_schema(column: ColumnInfo, arrays_nest: bool) -> dict[str, Any]:
         schema = {"type": "integer", "minimum": low, "maximum": high}
     else:
         schema = dict(_RESPONSE.get(column.kind, {}))
+    if column.special_text is not None:
+        schema = {"anyOf": [schema, {"type": "string", "pattern": f"^({column.special_text})$"}]}
     schema = _loose(schema, column)
     if column.read_only is not None:
         schema["readOnly"] = True

@@ -47,6 +47,7 @@ class ColumnInfo:
     request_schema: dict[str, Any] | None = None  # what a write accepts (types.ColumnType)
     compare_key: Callable[[Any], Any] | None = field(repr=False, default=None)
     range_filters: bool = True  # gt/lt filters offered (see types.ColumnType)
+    special_text: str | None = None  # texts kept as they are (see types.ColumnType)
     #: The values an integer column holds (its bounds, else its declared type's range).
     int_range: tuple[int, int] | None = None
 
@@ -188,9 +189,10 @@ def _column_info(name: str, column: Any, fld: peewee.Field, ctype: ColumnType,
         raw_type=raw_type,
         precision=precision,
         scale=scale,
-        coerce=ctype.coerce or values.coercer(kind, precision, scale,
-                                              zoned=_has_time_zone(raw_type), enum=ctype.enum,
-                                              items=ctype.items, bounds=ctype.bounds),
+        coerce=values.taking_text(ctype.special_text, ctype.coerce or values.coercer(
+            kind, precision, scale, zoned=_has_time_zone(raw_type), enum=ctype.enum,
+            items=ctype.items, bounds=ctype.bounds)),
+        special_text=ctype.special_text,
         encode=ctype.encode or values.encoder(kind, scale, items=ctype.items),
         bounds=ctype.bounds,
         read=ctype.read,

@@ -76,6 +76,11 @@ class ColumnType:
     #: types whose valid text the kind does not describe (an inet, a range, WKT);
     #: None: derived from the kind.
     request_schema: dict[str, Any] | None = _field(default=None, hash=False)
+    #: The database's own text for values the kind's Python type cannot hold
+    #: (PostgreSQL's infinity and BC dates, MySQL's zero dates), as a pattern: such a
+    #: value is served as that text, and that text is taken back by writes, filters
+    #: and cursors (the database reads it), so the row round-trips unchanged.
+    special_text: str | None = None
 
 
 @dataclass(frozen=True)

@@ -376,12 +376,29 @@ def coercer(kind: str, precision: int | None = None, scale: int | None = None,
         if items is None:
             return _array(_json_value)
         element = coercer(items.kind or "text", enum=items.enum, items=items.items)
-        return _array(element)
+        return _array(taking_text(items.special_text, element))
     if kind == "decimal":
         return decimal_coercer(precision, scale)
     if kind in ("datetime", "time") and not zoned:
         return _naive_utc(_COERCERS[kind])
     return _COERCERS[kind]
+
+
+def taking_text(pattern: str | None, coerce: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``coerce``, also taking a string that is the database's own text for a value
+    the Python type cannot hold (see types.ColumnType.special_text) as it is."""
+    if pattern is None:
+        return coerce
+    special = re.compile(pattern)
+
+    def convert(value: Any) -> Any:
+        try:
+            return coerce(value)
+        except BadValue:
+            if isinstance(value, str) and special.fullmatch(value):
+                return value
+            raise
+    return convert
 
 
 def _naive_utc(coerce: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -67,6 +67,10 @@ async def test_timestamps_are_documented_as_they_are_returned(server):
         returned = returned["anyOf"][0]
     else:
         assert created.body["created_at"] == "2000-01-01T00:00:00"
+        # or the database's own text for a value Python cannot hold (infinity, a zero date)
+        special = {"PostgreSQL": "infinity", "MySQL": "0000-00-00 00:00:00"}
+        assert re.search(returned["anyOf"][1]["pattern"], special[server.app.backend.name])
+        returned = returned["anyOf"][0]
     assert "format" not in returned
     assert re.search(returned["pattern"], created.body["created_at"])
     # Decimals: string or number in, always a string out.

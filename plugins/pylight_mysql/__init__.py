@@ -21,11 +21,13 @@ from pylight.types import ColumnType, JSONTextField, SortKey
 from pylight.values import BadValue, coercer
 
 # Strict mode: without it MySQL stores '' or 0 for bad or missing values
-# instead of refusing them.
-SQL_MODE = (
-    "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
-    "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
-)
+# instead of refusing them. Zero dates ('0000-00-00', '2010-05-00') are allowed, as
+# the applications that keep them allow them (WordPress's columns default to one):
+# a value given in ISO 8601 is never one, and a zero date read is written back as is.
+SQL_MODE = "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+# A date or date-time with a zero year, month or day, as MySQL writes it (the
+# driver gives such values as this text).
+ZERO_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}( [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?)?"
 _DISCONNECT = {1053, 1077, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 # 1265 data truncated (an unknown ENUM/SET member), 1690 out of range, 167 and 1467 the
 # auto-increment is exhausted, 3105/1906 a value for a generated column, 1411/1416/
@@ -255,7 +257,9 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
         return ColumnType(field=peewee.TextField, kind="text", request_schema=_REQUEST[data_type],
                           range_filters=False)  # ordered as addresses, not as text
     if data_type == "timestamp":
-        return ColumnType(request_schema=_REQUEST["timestamp"])
+        return ColumnType(request_schema=_REQUEST["timestamp"], special_text=ZERO_DATE)
+    if data_type in ("date", "datetime"):
+        return ColumnType(special_text=ZERO_DATE)
     bounds = _int_bounds(data_type, column_type)
     if bounds is not None:
         return ColumnType(field=peewee.BigIntegerField, kind="integer", bounds=bounds)

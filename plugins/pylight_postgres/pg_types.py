@@ -30,9 +30,34 @@ _AS_TEXT = ext.new_type(_TEXT_OIDS, "PYLIGHT_TEXT", lambda value, cursor: value)
 _AS_TEXT_ARRAY = ext.new_array_type(_TEXT_ARRAY_OIDS, "PYLIGHT_TEXT_ARRAY", _AS_TEXT)
 
 
+# Dates and timestamps Python cannot hold: 'infinity' and '-infinity' (which the
+# driver would turn into date.max and date.min, so that a PUT of the row as read
+# would overwrite them), BC dates and years past 9999 (which it cannot read at all).
+# They are served, and taken back, as PostgreSQL's own text.
+SPECIAL_TEMPORAL = r"[+-]?infinity|[0-9]{4,}-[^\u0000]* BC|[0-9]{5,}-[^\u0000]*"
+_SPECIAL = re.compile(SPECIAL_TEMPORAL, re.IGNORECASE)
+
+
+def _temporal(default: Any) -> Any:
+    def cast(value: str | None, cursor: Any) -> Any:
+        if value is not None and _SPECIAL.fullmatch(value):
+            return value
+        return default(value, cursor)
+    return cast
+
+
+_TEMPORALS = [ext.new_type(default.values, f"PYLIGHT_{default.name}", _temporal(default))
+              for default in (ext.PYDATE, ext.PYDATETIME, ext.PYDATETIMETZ)]
+_TEMPORAL_ARRAYS = [ext.new_array_type(array.values, f"PYLIGHT_{array.name}", element)
+                    for array, element in zip((ext.PYDATEARRAY, ext.PYDATETIMEARRAY,
+                                               ext.PYDATETIMETZARRAY), _TEMPORALS, strict=True)]
+
+
 def register_text_types(conn: Any) -> None:
     ext.register_type(_AS_TEXT, conn)
     ext.register_type(_AS_TEXT_ARRAY, conn)
+    for caster in (*_TEMPORALS, *_TEMPORAL_ARRAYS):
+        ext.register_type(caster, conn)
 
 
 # Element types whose arrays the driver already parses into Python values.
@@ -275,6 +300,9 @@ def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> 
         return ColumnType(kind="text")
     if type_name == "timetz":
         return ColumnType(field=peewee.TimeField, kind="time", compare_key=_timetz_order)
+    if type_name in ("date", "timestamp", "timestamptz"):
+        return ColumnType(field=_PEEWEE[type_name], kind=_KINDS[type_name],
+                          special_text=SPECIAL_TEMPORAL)
     if type_name in _PEEWEE:
         return ColumnType(field=_PEEWEE[type_name], kind=_KINDS[type_name],
                           like_as_text=type_name == "uuid")
