@@ -70,8 +70,10 @@ $$
 # 54000: a value too large for an index row; 42601: text a type's input function
 # cannot parse (a tsquery "a b": the statements themselves are generated).
 _BAD_VALUE = {"428C9", "42804", "54000", "42601"}
-# Serialization failures, deadlocks, cancelled statements, resources, lock timeouts.
-_RETRY = ("40001", "40P01", "57014", "53", "55P03")
+# Serialization failures, deadlocks, cancelled statements, resources, lock timeouts,
+# and an object not ready yet (a materialized view created WITH NO DATA until its
+# first REFRESH).
+_RETRY = ("40001", "40P01", "57014", "53", "55P03", "55000")
 # Not the request's fault and not worth a retry: insufficient privilege, and a write
 # to a read-only database (a standby, default_transaction_read_only).
 _REFUSED = {"42501", "25006"}
@@ -89,6 +91,33 @@ class PylightPostgresDatabase(PooledPostgresqlDatabase):
         conn = super()._connect()
         pg_types.register_text_types(conn)
         return conn
+
+    def get_views(self, schema: str | None = None) -> list[peewee.ViewMetadata]:
+        """Views and materialized views (pg_views leaves the latter out): both are
+        served read-only."""
+        cursor = self.execute_sql(
+            "SELECT matviewname, definition FROM pg_catalog.pg_matviews "
+            "WHERE schemaname = COALESCE(%s, current_schema())", (schema,))
+        materialized = [peewee.ViewMetadata(name, sql.strip(" \t;"))
+                        for name, sql in cursor.fetchall()]
+        return sorted(super().get_views(schema) + materialized, key=lambda view: view.name)
+
+    def get_columns(self, table: str, schema: str | None = None) -> list[Any]:
+        """peewee's columns, from ``information_schema``, which has no materialized
+        views: theirs come from the system catalog, those the user may read."""
+        columns = super().get_columns(table, schema)
+        if columns:
+            return columns
+        cursor = self.execute_sql(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull "
+            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace s ON s.oid = c.relnamespace "
+            "WHERE c.relname = %s AND s.nspname = COALESCE(%s, current_schema()) "
+            "AND c.relkind = 'm' AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND has_column_privilege(c.oid, a.attnum, 'SELECT') ORDER BY a.attnum",
+            (table, schema))
+        return [peewee.ColumnMetadata(name, full_type, nullable, False, table, None, full_type)
+                for name, full_type, nullable in cursor.fetchall()]
 
     def get_primary_keys(self, table: str, schema: str | None = None) -> list[str]:
         """The primary key's columns in key order, from the system catalog.
