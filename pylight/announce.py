@@ -28,18 +28,25 @@ def ready(app: Any, port: int) -> None:
         flags = " (read-only)" if table.writable is False and not table.is_view else ""
         log.info("exposing %s %s at %s%s/%s%s", kind, table.name, base,
                  config.api.prefix, table.name, flags)
-    selection(config, app.tables, app.database_names())
+    selection(config, app.tables, app.database_names(), app.elsewhere)
     log.info("Pylight serving %s on %s%s/ (database: %s)", app.backend.name, base,
              config.api.prefix, redact_url(config.database.url))
 
 
-def selection(config: Config, tables: dict[str, TableInfo], found: list[str]) -> None:
-    """Warn when [api] tables / exclude select nothing, naming what the database has."""
+def selection(config: Config, tables: dict[str, TableInfo], found: list[str],
+              elsewhere: list[str] = ()) -> None:
+    """Warn when [api] tables / exclude select nothing, naming what the database has
+    (and, when it has nothing here, the ``elsewhere`` schemas that have tables)."""
     api = config.api
     setting = f"[api] tables = {', '.join(api.tables) or '(empty)'}"
     where = f" in {config.source}" if config.source != "<defaults>" else ""
     if not tables and found:
         _nothing_selected(config, found, setting, where)
+    elif not tables and elsewhere:
+        shown = ", ".join(elsewhere[:10]) + (", ..." if len(elsewhere) > 10 else "")
+        log.warning("the database has no tables or views in the schema Pylight serves (the "
+                    "first of the search_path); it has some in schemas %s: serve one with the "
+                    "database URL's parameter options=-csearch_path%%3D%s", shown, elsewhere[0])
     elif not tables:
         hint = ("seed_demo creates the demo tables only in a database without any table"
                 if config.database.seed_demo else

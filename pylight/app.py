@@ -71,6 +71,7 @@ class Pylight:
         self.tables: dict[str, TableInfo] = {}
         # Every table and view of the database, exposed or not (for start-up messages).
         self.database_tables: list[str] = []
+        self.elsewhere: list[str] = []  # schemas holding tables when this one has none
         self.server: HTTPServer | None = None
         self.bus: Bus | None = None
         self.capture: Capture | None = None
@@ -103,6 +104,9 @@ class Pylight:
                                            *(view.name for view in raw.get_views())})
             if settings.seed_demo and self.demo_settings:
                 self.config = demo.with_demo_settings(self.config, raw, self.database_tables)
+            # A database whose tables all live in other schemas (PostgreSQL) serves
+            # nothing: start-up says where they are.
+            self.elsewhere = [] if self.database_tables else self.backend.other_schemas(raw)
             announce.check_selection(self.config, self.database_names())
             self.tables = reflect(raw, self.backend, self.config)
         self._build_change_path()

@@ -281,6 +281,11 @@ class Backend:
         """What tells the reader to look at the log; by default, every ``poll_interval``."""
         return ChangeWatcher(poll_interval)
 
+    def other_schemas(self, db: peewee.Database) -> list[str]:
+        """Schemas other than the one served that hold tables or views the user can see
+        (for the start-up warning of a database that seems empty); none by default."""
+        return []
+
     # -- errors ------------------------------------------------------------
     def is_disconnect(self, exc: BaseException) -> bool:
         """True when ``exc`` means the connection or the server is gone."""

@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.test_startup_messages import start
+
 
 @pytest.fixture
 def term_server(database: Any, make_server: Any) -> Any:
@@ -208,3 +210,36 @@ async def test_a_materialized_view_is_served_read_only(materialized_server):
     waiting = await server.get("/api/not_refreshed")
     assert waiting.status == 503 and "has not been populated" in waiting.body["error"]["message"]
     assert waiting.headers["Retry-After"]
+
+
+# -- tables in other schemas (AdventureWorks keeps them in person, sales, ...) ---------
+
+@pytest.fixture
+def schemas_elsewhere(database: Any) -> Any:
+    if database.backend != "postgresql":
+        pytest.skip("schemas within a database are PostgreSQL's")
+    database.execute(
+        "CREATE SCHEMA person", "CREATE SCHEMA sales",
+        "CREATE TABLE person.countryregion (countryregioncode varchar(3) PRIMARY KEY, "
+        "name varchar(50) NOT NULL)",
+        "CREATE TABLE sales.currency (currencycode char(3) PRIMARY KEY, name text)",
+        "INSERT INTO person.countryregion VALUES ('AD', 'Andorra')")
+    yield database
+    database.execute("DROP SCHEMA person CASCADE", "DROP SCHEMA sales CASCADE")
+
+
+def test_tables_in_other_schemas_are_named_at_start_up_with_how_to_serve_them(
+        schemas_elsewhere, tmp_path):
+    _, schema, warnings = start(tmp_path, schemas_elsewhere, "")
+    assert schema == {"tables": []}
+    (line,) = warnings
+    assert "no tables or views in the schema Pylight serves" in line
+    assert "in schemas person, sales" in line
+    assert "options=-csearch_path%3Dperson" in line
+
+
+def test_the_hinted_url_serves_that_schema(schemas_elsewhere, make_server, io_loop):
+    server = make_server(url=schemas_elsewhere.url + "?options=-csearch_path%3Dperson",
+                         seed=False)
+    listing = io_loop.run_sync(lambda: server.get("/api/countryregion"))
+    assert listing.body["items"] == [{"countryregioncode": "AD", "name": "Andorra"}]

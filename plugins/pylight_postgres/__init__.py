@@ -289,6 +289,15 @@ class PostgresBackend(Backend):
             "AND c.reltuples >= 0")
         return {name: int(rows) for name, rows in cursor.fetchall()}
 
+    def other_schemas(self, db: peewee.Database) -> list[str]:
+        cursor = db.execute_sql(
+            "SELECT DISTINCT n.nspname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname <> current_schema() "
+            "AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%' "
+            "AND has_schema_privilege(n.oid, 'USAGE') ORDER BY 1")
+        return [name for (name,) in cursor.fetchall()]
+
     def is_disconnect(self, exc: BaseException) -> bool:
         err = self.driver_error(exc)
         if isinstance(err, psycopg2.InterfaceError):
