@@ -108,8 +108,13 @@ class TableHandler(BaseHandler):
             raise unprocessable(f"{where}no columns given")
         return row
 
-    def location(self, table: TableInfo, record: dict[str, Any]) -> str:
-        key = ",".join(str(record.get(name)) for name in table.primary_key)
+    def location(self, table: TableInfo, record: dict[str, Any]) -> str | None:
+        """The row's URL; None for a composite key with a comma in a value (a range,
+        a text): such a row is reachable through filters only."""
+        parts = [str(record.get(name)) for name in table.primary_key]
+        if len(parts) > 1 and any("," in part for part in parts):
+            return None
+        key = ",".join(parts)
         return f"{self.rest.settings.prefix}/{quote(table.name)}/{quote(key, safe=',')}"
 
     def preferences(self) -> prefer.Prefer:
@@ -232,8 +237,9 @@ class CollectionHandler(TableHandler):
         if many:
             self.answer({"items": records}, preferred, 201)
             return
-        if records and table.has_key:
-            self.set_header("Location", self.location(table, records[0]))
+        location = self.location(table, records[0]) if records and table.has_key else None
+        if location is not None:
+            self.set_header("Location", location)
         # A duplicate ignored (resolution=ignore-duplicates): nothing to show, a 204.
         self.answer(records[0] if records else None, preferred, 201)
 
