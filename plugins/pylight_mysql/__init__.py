@@ -211,8 +211,11 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
         index = {member: i + 1 for i, member in enumerate(members)}
         # The database orders an ENUM by member index but compares it to a string
         # as text: order and page by the index so cursors agree with the order.
+        # '' is the error value (index 0) a non-strict server stored for an unknown
+        # member: filters and cursors take it, a write of it is the database's 422.
         return ColumnType(field=peewee.CharField, kind="text", enum=members,
-                          sort_key=SortKey(_plus_zero, lambda v: index.get(v, 0)))
+                          sort_key=SortKey(_plus_zero, lambda v: index.get(v, 0)),
+                          special_text="")
     if data_type == "set":
         members = _members(declared)
         bit = {member: 1 << i for i, member in enumerate(members)}
