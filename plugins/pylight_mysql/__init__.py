@@ -206,25 +206,8 @@ def _int_bounds(data_type: str, column_type: str) -> tuple[int, int] | None:
 
 def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
     """How one MySQL/MariaDB column type is served (see pylight/types.py)."""
-    if data_type == "enum":
-        members = _members(declared)
-        index = {member: i + 1 for i, member in enumerate(members)}
-        # The database orders an ENUM by member index but compares it to a string
-        # as text: order and page by the index so cursors agree with the order.
-        # '' is the error value (index 0) a non-strict server stored for an unknown
-        # member: filters and cursors take it, a write of it is the database's 422.
-        return ColumnType(field=peewee.CharField, kind="text", enum=members,
-                          sort_key=SortKey(_plus_zero, lambda v: index.get(v, 0)),
-                          special_text="")
-    if data_type == "set":
-        members = _members(declared)
-        bit = {member: 1 << i for i, member in enumerate(members)}
-        return ColumnType(field=_set_field(members), kind="array",
-                          items=ColumnType(kind="text", enum=members),
-                          coerce=_set_value(members), range_filters=False,
-                          sort_key=SortKey(_plus_zero, lambda v: sum(bit.get(m, 0) for m in v)),
-                          request_schema={"type": "array", "items": {"type": "string",
-                                                                     "enum": list(members)}})
+    if data_type in ("enum", "set"):
+        return _members_type(data_type, _members(declared))
     if data_type == "bit":
         width = int(_WIDTH.search(column_type).group(1)) if _WIDTH.search(column_type) else 1
         return ColumnType(field=BitField, kind="integer", bounds=(0, 2**width - 1))
@@ -267,6 +250,26 @@ def _column_type(data_type: str, column_type: str, declared: str) -> ColumnType:
     if bounds is not None:
         return ColumnType(field=peewee.BigIntegerField, kind="integer", bounds=bounds)
     return ColumnType()
+
+
+def _members_type(data_type: str, members: tuple[str, ...]) -> ColumnType:
+    """An ENUM (one of ``members``) or a SET (any of them, a JSON array)."""
+    if data_type == "enum":
+        index = {member: i + 1 for i, member in enumerate(members)}
+        # The database orders an ENUM by member index but compares it to a string
+        # as text: order and page by the index so cursors agree with the order.
+        # '' is the error value (index 0) a non-strict server stored for an unknown
+        # member: filters and cursors take it, a write of it is the database's 422.
+        return ColumnType(field=peewee.CharField, kind="text", enum=members,
+                          sort_key=SortKey(_plus_zero, lambda v: index.get(v, 0)),
+                          special_text="")
+    bit = {member: 1 << i for i, member in enumerate(members)}
+    return ColumnType(field=_set_field(members), kind="array",
+                      items=ColumnType(kind="text", enum=members),
+                      coerce=_set_value(members), range_filters=False,
+                      sort_key=SortKey(_plus_zero, lambda v: sum(bit.get(m, 0) for m in v)),
+                      request_schema={"type": "array", "items": {"type": "string",
+                                                                 "enum": list(members)}})
 
 
 def _same(value: Any) -> Any:
