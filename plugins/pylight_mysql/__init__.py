@@ -36,8 +36,9 @@ _BAD_VALUE = {167, 1048, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1416, 1467, 1
               3105, 3140, 3819, 4025}
 _RETRY = {1205, 1213}  # lock wait timeout, deadlock
 # Not the request's fault and not worth a retry: a privilege the user lacks (on the
-# table, a column, a routine), and a write to a read-only server or transaction.
-_REFUSED = {1044, 1142, 1143, 1227, 1370, 1036, 1290, 1792}
+# table, a column, a routine), a write to a read-only server or transaction, and a
+# view whose DEFINER does not exist on this server (a dump restored elsewhere).
+_REFUSED = {1044, 1142, 1143, 1227, 1370, 1036, 1290, 1792, 1449}
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
 # "for column `db`.`table`.`col`": the last name is the column.
 _FOR_COLUMN = re.compile(r"for column (?:[`'][^`']+[`']\.)*[`']([^`']+)[`']")
