@@ -37,8 +37,10 @@ _BAD_VALUE = {167, 1048, 1264, 1265, 1292, 1364, 1366, 1406, 1411, 1416, 1467, 1
 _RETRY = {1205, 1213}  # lock wait timeout, deadlock
 # Not the request's fault and not worth a retry: a privilege the user lacks (on the
 # table, a column, a routine), a write to a read-only server or transaction, and a
-# view whose DEFINER does not exist on this server (a dump restored elsewhere).
-_REFUSED = {1044, 1142, 1143, 1227, 1370, 1036, 1290, 1792, 1449}
+# view whose DEFINER does not exist on this server (a dump restored elsewhere: 1449,
+# or 1045 "access denied" when the user reading it is not a superuser). A refused
+# login is not among them: connecting is answered apart (Database._on_connection).
+_REFUSED = {1036, 1044, 1045, 1142, 1143, 1227, 1290, 1370, 1449, 1792}
 _COLUMN = re.compile(r"(?:Column|Field) '([^']+)'")
 # "for column `db`.`table`.`col`": the last name is the column.
 _FOR_COLUMN = re.compile(r"for column (?:[`'][^`']+[`']\.)*[`']([^`']+)[`']")
