@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pylight")
 
 
+#: The database's reasons for refusing requests already logged at WARNING (bounded).
+_REFUSALS_LOGGED: set[str] = set()
+
 #: The ``reason`` of a 422 the database's own code raised: on a read it is not a
 #: filter value's fault, so it is not turned into a 400 as a refused value is.
 RAISED = "raised"
@@ -358,8 +361,16 @@ class Backend:
         """The database does not let Pylight's own database user do this: a privilege it
         was not granted, or a read-only database. Asking again will not help, and the
         request itself was fine. The driver's words name the database user, so they go
-        to the server log, not to the client."""
-        log.warning("the database refused a request: %s", _first_line(message))
+        to the server log, not to the client: once at WARNING for each distinct reason
+        (a client retrying a refused write would fill the log), again at DEBUG."""
+        reason = _first_line(message)
+        if reason in _REFUSALS_LOGGED:
+            log.debug("the database refused a request: %s", reason)
+        else:
+            if len(_REFUSALS_LOGGED) < 1000:
+                _REFUSALS_LOGGED.add(reason)
+            log.warning("the database refused a request: %s (repeats are logged at debug)",
+                        reason)
         return forbidden("the database refused this operation: the database user Pylight "
                          "connects as lacks the privilege, or the database is read-only",
                          reason="database_refused")

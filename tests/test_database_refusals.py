@@ -147,7 +147,7 @@ def _raised(response: Any, words: str) -> None:
 async def test_a_privilege_the_database_user_lacks_is_a_403(database, limited_server, caplog):
     if database.backend == "sqlite":
         pytest.skip("SQLite has no users or privileges (read-only files: see below)")
-    caplog.set_level(logging.WARNING, logger="pylight")
+    caplog.set_level(logging.DEBUG, logger="pylight")
     server = limited_server
     # Writes to a table the user may only read, by key, by filter and as a batch.
     _refused(await server.post("/api/ledger", {"note": "x"}))
@@ -165,9 +165,12 @@ async def test_a_privilege_the_database_user_lacks_is_a_403(database, limited_se
         database.backend == "mysql") else ["contacts", "ledger", "stock", "stock_audit"]
     # The primary key of a table the user may only read is known all the same.
     assert (await server.get("/api/ledger/1")).body == {"id": 1, "note": "opening"}
-    # The operator learns why, with the database's own words, once per request.
+    # The operator learns why, with the database's own words: each refused request is
+    # logged, each distinct reason at WARNING once (per process), its repeats at DEBUG.
     refusals = [r for r in caplog.records if "the database refused a request" in r.getMessage()]
     assert len(refusals) == 5, [r.getMessage() for r in refusals]
+    warned = [r.getMessage() for r in refusals if r.levelno == logging.WARNING]
+    assert len(warned) == len(set(warned)) < len(refusals), warned
     if database.backend == "mysql":
         # A view whose DEFINER is not a user of this server (a dump restored here).
         _refused(await server.get("/api/orphan_view"))

@@ -200,7 +200,9 @@ async def test_a_materialized_view_is_served_read_only(materialized_server):
     assert refused.status == 405, refused.body
     # Not populated until its first REFRESH: the database cannot answer yet (not a 500).
     waiting = await server.get("/api/not_refreshed")
-    assert waiting.status == 503 and "has not been populated" in waiting.body["error"]["message"]
+    message = waiting.body["error"]["message"]
+    assert waiting.status == 503 and "has not been populated" in message
+    assert "REFRESH MATERIALIZED VIEW" in message
     assert waiting.headers["Retry-After"]
 
 

@@ -70,10 +70,8 @@ $$
 # 54000: a value too large for an index row; 42601: text a type's input function
 # cannot parse (a tsquery "a b": the statements themselves are generated).
 _BAD_VALUE = {"428C9", "42804", "54000", "42601"}
-# Serialization failures, deadlocks, cancelled statements, resources, lock timeouts,
-# and an object not ready yet (a materialized view created WITH NO DATA until its
-# first REFRESH).
-_RETRY = ("40001", "40P01", "57014", "53", "55P03", "55000")
+# Serialization failures, deadlocks, cancelled statements, resources, lock timeouts.
+_RETRY = ("40001", "40P01", "57014", "53", "55P03")
 # Not the request's fault and not worth a retry: insufficient privilege, and a write
 # to a read-only database (a standby, default_transaction_read_only).
 _REFUSED = {"42501", "25006"}
@@ -329,6 +327,10 @@ class PostgresBackend(Backend):
             return self.raised(getattr(diag, "message_primary", None) or str(err))
         if self.is_disconnect(exc):
             return self.down()
+        if code == "55000":
+            return unavailable("the database cannot answer this until it is made ready "
+                               f"({getattr(diag, 'message_primary', None) or code}): a "
+                               "materialized view answers after REFRESH MATERIALIZED VIEW")
         if code.startswith(_RETRY):
             return unavailable("the database could not complete the request now "
                                f"({getattr(diag, 'message_primary', None) or code}); retry shortly")
