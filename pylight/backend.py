@@ -284,6 +284,11 @@ class Backend:
         """What tells the reader to look at the log; by default, every ``poll_interval``."""
         return ChangeWatcher(poll_interval)
 
+    def read_only(self, url: str) -> bool:
+        """True when the URL asks for the database to be served read-only (every table
+        as if ``[table:NAME] read_only = true``); no backend but SQLite's by default."""
+        return False
+
     def other_schemas(self, db: peewee.Database) -> list[str]:
         """Schemas other than the one served that hold tables or views the user can see
         (for the start-up warning of a database that seems empty); none by default."""

@@ -308,7 +308,7 @@ def _table_info(db: peewee.Database, backend: Backend, config: Config, metadata:
         columns=columns,
         primary_key=primary_key,
         is_view=is_view,
-        read_only=settings.read_only,
+        read_only=settings.read_only or backend.read_only(config.database.url),
         hidden=hidden,
         # Only keys over visible columns: a hidden column is never named, not even here.
         foreign_keys=[fk for fk in backend.foreign_keys(db, name)

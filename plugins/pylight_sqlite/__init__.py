@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import peewee
 from playhouse.pool import PooledSqliteDatabase
@@ -140,7 +140,7 @@ def _is_strict(db: peewee.Database, table: str) -> bool:
 
 
 #: SQLite settings a database URL may give as query parameters, and their values.
-_URL_SETTINGS = {"synchronous": ("off", "normal", "full", "extra")}
+_URL_SETTINGS = {"synchronous": ("off", "normal", "full", "extra"), "mode": ("ro", "rw")}
 
 
 class SqliteBackend(Backend):
@@ -156,14 +156,26 @@ class SqliteBackend(Backend):
 
     def open(self, url: str, pool_size: int, connect_timeout: float) -> peewee.Database:
         path = self.path(url)
-        pragmas = {"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 5000,
-                   **self.url_settings(url)}
+        settings = self.url_settings(url)
+        pragmas: dict[str, Any] = {"foreign_keys": 1, "busy_timeout": 5000}
+        if settings.get("synchronous"):
+            pragmas["synchronous"] = settings["synchronous"]
         kwargs = {}
-        if path == ":memory:":
+        if self.read_only(url):
+            # Opened read-only, the file is left exactly as it is: no switch to WAL
+            # (which would last), no -wal file, and no write can reach it.
+            if not os.path.isfile(path):
+                raise StartupError(f"{url}: mode=ro serves an existing file, and {path} "
+                                   "is not one")
+            path = f"file:{quote(os.path.abspath(path))}?mode=ro"
+            kwargs["uri"] = True
+        elif path == ":memory:":
             # Every pooled connection must see the same in-memory database.
             path = f"file:pylight-{uuid.uuid4().hex}?mode=memory&cache=shared"
             kwargs["uri"] = True
+            pragmas["journal_mode"] = "wal"
         else:
+            pragmas["journal_mode"] = "wal"
             parent = os.path.dirname(os.path.abspath(path))
             try:
                 os.makedirs(parent, exist_ok=True)
@@ -179,10 +191,15 @@ class SqliteBackend(Backend):
             **kwargs,
         )
 
+    def read_only(self, url: str) -> bool:
+        """``?mode=ro``: the file is served as it is, every table read-only."""
+        return self.url_settings(url).get("mode") == "ro"
+
     @staticmethod
     def url_settings(url: str) -> dict[str, str]:
         """The SQLite settings a URL may carry: ``?synchronous=normal`` (off, normal,
-        full or extra; SQLite's default is full: every commit waits for the disk)."""
+        full or extra; SQLite's default is full: every commit waits for the disk) and
+        ``?mode=ro`` (read-only; rw, the default, reads and writes)."""
         query = url.split("?", 1)[1] if "?" in url else ""
         settings = {}
         for name, value in parse_qsl(query, keep_blank_values=True):
@@ -417,12 +434,12 @@ class DataVersionWatcher(ChangeWatcher):
         self.version: int | None = None
 
     def changed(self) -> bool:
-        if self.uri:  # a shared in-memory database: no outside writers, but read anyway
-            return True
+        if self.uri and "mode=memory" in self.path:
+            return True  # a shared in-memory database: no outside writers, but read anyway
         try:
-            if self.conn is None:
+            if self.conn is None:  # (a file opened read-only is a file: URI)
                 self.conn = sqlite3.connect(self.path, isolation_level=None,
-                                            check_same_thread=False)
+                                            check_same_thread=False, uri=self.uri)
             version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
             self.conn = None
