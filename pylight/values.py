@@ -401,6 +401,35 @@ def taking_text(pattern: str | None, coerce: Callable[[Any], Any]) -> Callable[[
     return convert
 
 
+# A date or date-time as the databases write those Python cannot hold: any number of
+# year digits, zero months and days allowed, PostgreSQL's "BC" after it.
+_DATE_TEXT = re.compile(r"([0-9]{4,})-([0-9]{2})-([0-9]{2})(?:[ T]([0-9]{2}):([0-9]{2}):"
+                        r"([0-9]{2})(?:\.([0-9]{1,6}))?)?(?:[+-][0-9:]+)?( BC)?")
+
+
+def instant_order(value: Any) -> tuple[Any, ...] | None:
+    """A date or date-time, Python's or the database's text of one Python cannot hold,
+    as (before Christ, year, month, day, hour, minute, second, microsecond), in UTC for
+    a zoned value: a key that orders them all as the databases do. None for other
+    text. (A BC year counts down: its key is the year negated.)"""
+    if isinstance(value, str):
+        match = _DATE_TEXT.fullmatch(value)
+        if match is None:
+            return None
+        *numbers, fraction, bc = match.groups()
+        parts = [int(number or 0) for number in numbers]
+        parts.append(int((fraction or "0").ljust(6, "0")))
+        return (0, -parts[0], *parts[1:]) if bc else (1, *parts)
+    if isinstance(value, datetime.datetime):
+        if value.utcoffset() is not None:
+            value = value.astimezone(datetime.timezone.utc)
+        return (1, value.year, value.month, value.day, value.hour, value.minute,
+                value.second, value.microsecond)
+    if isinstance(value, datetime.date):
+        return (1, value.year, value.month, value.day, 0, 0, 0, 0)
+    return None
+
+
 def _naive_utc(coerce: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A column without a time zone gets an offset-carrying value as naive UTC.
 

@@ -19,6 +19,7 @@ from typing import Any
 import peewee
 import psycopg2.extensions as ext
 
+from pylight import values
 from pylight.types import ColumnType
 
 # Built-in types the driver would turn into Python objects that are not their
@@ -36,6 +37,15 @@ _AS_TEXT_ARRAY = ext.new_array_type(_TEXT_ARRAY_OIDS, "PYLIGHT_TEXT_ARRAY", _AS_
 # They are served, and taken back, as PostgreSQL's own text.
 SPECIAL_TEMPORAL = r"[+-]?infinity|[0-9]{4,}-[^\u0000]* BC|[0-9]{5,}-[^\u0000]*"
 _SPECIAL = re.compile(SPECIAL_TEMPORAL, re.IGNORECASE)
+
+
+def _temporal_order(value: Any) -> Any:
+    """How PostgreSQL orders a date or timestamp, infinities and BC dates included,
+    for the filters feeds evaluate in Python: -infinity, BC, AD, infinity."""
+    if isinstance(value, str) and value.lower().lstrip("+-") == "infinity":
+        return (-1,) if value.startswith("-") else (2,)
+    order = values.instant_order(value)
+    return value if order is None else order
 
 
 def _temporal(default: Any) -> Any:
@@ -302,7 +312,7 @@ def _scalar(type_name: str, type_kind: str, members: tuple[str, ...] | None) -> 
         return ColumnType(field=peewee.TimeField, kind="time", compare_key=_timetz_order)
     if type_name in ("date", "timestamp", "timestamptz"):
         return ColumnType(field=_PEEWEE[type_name], kind=_KINDS[type_name],
-                          special_text=SPECIAL_TEMPORAL)
+                          special_text=SPECIAL_TEMPORAL, compare_key=_temporal_order)
     if type_name in _PEEWEE:
         return ColumnType(field=_PEEWEE[type_name], kind=_KINDS[type_name],
                           like_as_text=type_name == "uuid")
