@@ -45,6 +45,12 @@ PG_SCHEMA = [
     """CREATE FUNCTION audit_only(integer) RETURNS integer LANGUAGE plpgsql AS $$
        BEGIN RAISE EXCEPTION 'stock levels are for auditors only'; END $$""",
     "CREATE VIEW stock_audit AS SELECT id, audit_only(qty) AS qty FROM stock",
+    # An application's own SQLSTATE (PostgREST's convention: class PT).
+    """CREATE FUNCTION refuse_big() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN IF NEW.qty > 1000 THEN RAISE EXCEPTION USING ERRCODE = 'PT422',
+       MESSAGE = 'qty over the warehouse limit'; END IF; RETURN NEW; END $$""",
+    "CREATE TRIGGER stock_limit BEFORE INSERT OR UPDATE ON stock "
+    "FOR EACH ROW EXECUTE FUNCTION refuse_big()",
     "INSERT INTO stock (qty) VALUES (5)",
     "INSERT INTO ledger (note) VALUES ('opening')",
     "INSERT INTO payroll (salary) VALUES (1000)",
@@ -198,6 +204,8 @@ async def test_an_error_the_database_raises_on_purpose_is_a_422_with_its_message
         for path in ("/api/stock_audit", "/api/stock_audit?id=eq.1",
                      "/api/stock_audit?qty=gt.1&order=qty.desc"):
             _raised(await server.get(path), "stock levels are for auditors only")
+    if database.backend == "postgresql":
+        _raised(await server.post("/api/stock", {"qty": 5000}), "over the warehouse limit")
     accepted = await server.patch("/api/stock/1", {"qty": 6})
     assert accepted.status == 200 and accepted.body == {"id": 1, "qty": 6}
 

@@ -75,6 +75,12 @@ _RETRY = ("40001", "40P01", "57014", "53", "55P03")
 # Not the request's fault and not worth a retry: insufficient privilege, and a write
 # to a read-only database (a standby, default_transaction_read_only).
 _REFUSED = {"42501", "25006"}
+# The classes of SQLSTATE PostgreSQL defines (Appendix A); a code of any other class is
+# an application's own, given by RAISE ... USING ERRCODE.
+_STANDARD_CLASSES = {
+    "00", "01", "02", "03", "08", "09", "0A", "0B", "0F", "0L", "0P", "0Z", "20", "21", "22",
+    "23", "24", "25", "26", "27", "28", "2B", "2D", "2F", "34", "38", "39", "3B", "3D", "3F",
+    "40", "42", "44", "53", "54", "55", "57", "58", "72", "F0", "HV", "P0", "XX"}
 
 
 class PylightPostgresDatabase(PooledPostgresqlDatabase):
@@ -323,7 +329,9 @@ class PostgresBackend(Backend):
             return self.bad_value(getattr(diag, "message_primary", None) or str(err), column)
         if code in _REFUSED:
             return self.refused(str(err))
-        if code.startswith("P0"):  # RAISE EXCEPTION in a trigger or a function
+        if code.startswith("P0") or (len(code) == 5 and code[:2] not in _STANDARD_CLASSES):
+            # RAISE EXCEPTION in a trigger or a function, with its default code or one
+            # of the application's own ('PT402': a class PostgreSQL does not define)
             return self.raised(getattr(diag, "message_primary", None) or str(err))
         if self.is_disconnect(exc):
             return self.down()
