@@ -274,8 +274,8 @@ def delete_where(table: TableInfo, backend: Backend, where: ql.Group,
         # the locking read above (REPEATABLE READ: next-key locks) keeps every row the
         # filter matches as it is until commit, so the same filter deletes just those.
         deleted = table.model.delete().where(ql.to_sql(table, backend, where)).execute()
-    if deleted != len(old):  # never expected; rolled back rather than misreported
-        raise conflict(f"rows of {table.name!r} changed while they were being deleted; retry")
+    if deleted != len(old):  # the rows are locked: only a trigger can keep one
+        raise store.kept_by_trigger(table)
     return records, [Change(table.name, "deleted", table.key_of(r), r) for r in records]
 
 

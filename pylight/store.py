@@ -13,7 +13,7 @@ from pylight.auth import forbidden
 from pylight.backend import Backend
 from pylight.changes import Change
 from pylight.decoding import row_decoder
-from pylight.errors import not_found, unprocessable
+from pylight.errors import ApiError, not_found, unprocessable
 from pylight.etag import Preconditions
 from pylight.schema import TableInfo
 
@@ -251,14 +251,16 @@ class _InsertReturning:
             statement = table.statements[key] = cls(table, given)
         return statement
 
-    def run(self, table: TableInfo, data: dict[str, Any], sql: str | None = None) -> dict[str, Any]:
-        """Insert ``data``; ``sql``: the statement as the backend sends it alone."""
+    def run(self, table: TableInfo, data: dict[str, Any],
+            sql: str | None = None) -> dict[str, Any] | None:
+        """Insert ``data``; ``sql``: the statement as the backend sends it alone. None
+        when a trigger kept the row out of the table (see insert_rows)."""
         params = []
         for param in self.params:
             name = self.position.get(id(param))
             params.append(param if name is None else self.fields[name].db_value(data[name]))
         row = table.model._meta.database.execute_sql(sql or self.sql, params).fetchone()
-        return row_decoder(table, tuple(self.names))(row)
+        return None if row is None else row_decoder(table, tuple(self.names))(row)
 
 
 class _ByKey:
@@ -326,10 +328,16 @@ def _check(table: TableInfo, check: RowCheck | None, record: dict[str, Any] | No
 
 def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
                 check: RowCheck | None = None) -> tuple[list[dict[str, Any]], list[Change]]:
+    """Insert ``rows``; the records stored and their changes. A row a trigger kept out
+    of the table (PostgreSQL's BEFORE trigger returning NULL, as old-style partitioning
+    does after routing the row to a child table; SQLite's RAISE(IGNORE)) comes back
+    from RETURNING as nothing: it has no record here and no change event."""
     records = []
     for data in rows:
         if backend.supports_returning:
             record = _InsertReturning.get(table, tuple(data)).run(table, data)
+            if record is None:
+                continue
         else:
             last_id = table.model.insert(_values(table, data)).execute()
             record = None
@@ -346,10 +354,9 @@ def insert_rows(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
                     record = get_row(table, [last_id])
             if record is None:
                 record = _find_inserted(table, backend, data)
-        records.append(record)
-    for data, record in zip(rows, records, strict=True):
         _kept(table, data, record)
         _check(table, check, record)
+        records.append(record)
     changes = [Change(table.name, "created", table.key_of(r), r) for r in records]
     return records, changes
 
@@ -377,6 +384,8 @@ def insert_alone(table: TableInfo, backend: Backend, rows: list[dict[str, Any]],
     if statement.alone is None:
         statement.alone = backend.alone(statement.sql)
     record = statement.run(table, data, statement.alone)
+    if record is None:  # only a trigger keeps a row out, and with one this is not used
+        return [], []
     return [record], [Change(table.name, "created", table.key_of(record), record)]
 
 
@@ -453,8 +462,17 @@ def delete_row(table: TableInfo, backend: Backend, key: list[Any],
                check: RowCheck | None = None,
                expected: Preconditions | None = None) -> tuple[None, list[Change]]:
     old = _locked_row(table, backend, key, check, expected)
-    table.model.delete().where(_key_condition(table, key)).execute()
+    if not table.model.delete().where(_key_condition(table, key)).execute():
+        raise kept_by_trigger(table)
     return None, [Change(table.name, "deleted", table.key_of(old), old)]
+
+
+def kept_by_trigger(table: TableInfo) -> ApiError:
+    """A locked row that a DELETE did not remove: a trigger skipped it (PostgreSQL's
+    BEFORE DELETE returning NULL, SQLite's RAISE(IGNORE)). Answered as the database's
+    refusal, rolled back, and never published as deleted."""
+    return unprocessable(f"a trigger of {table.name!r} kept a row from being deleted; "
+                         "nothing was deleted", reason="kept_by_trigger")
 
 
 def _show(key: list[Any]) -> str:
