@@ -578,7 +578,8 @@ def _create_operation(name: str, table: TableInfo) -> dict[str, Any]:
                                    "items": create_ref}]}}}},
         "responses": {"201": created,
                       "204": {"description": "Prefer: return=minimal, or one object that "
-                                             "resolution=ignore-duplicates skipped: no body"},
+                                             "resolution=ignore-duplicates skipped or a "
+                                             "trigger kept out of the table: no body"},
                       **_errors(400, 409, 413, 415, 422)}}
 
 
